@@ -1,0 +1,48 @@
+"""The one interface every classification method scores through (as lm-evaluation-harness does).
+
+A method never touches tensors: it builds (context, continuation) string pairs and asks the
+language model for log p(continuation | context).  Tests use a fake model with the same methods.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Protocol, Sequence, Tuple
+
+
+class TextTokenizer(Protocol):
+    bos_id: int
+    eos_id: int
+    n_words: int
+    add_bos: bool
+
+    def encode(self, s: str, bos: bool, eos: bool) -> List[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class LanguageModel(Protocol):
+    tokenizer: TextTokenizer
+    max_seq_len: int
+    # Whether loglikelihood adds log p(EOS | context, continuation) to every score.
+    append_eos: bool
+
+    def loglikelihood(self, requests: Sequence[Tuple[str, str]]) -> List[float]:
+        """Sum of log-probabilities of the continuation's tokens given the context.
+
+        Context and continuation are concatenated exactly as given (callers put the joining
+        space at the start of the continuation), tokenized jointly, and split where the
+        context's own tokens end; BOS is prepended when the tokenizer says so.
+        """
+        ...
+
+    def generate_until(
+        self,
+        contexts: Sequence[str],
+        max_gen_len: int,
+        stop: Sequence[str] = ("\n",),
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: Optional[int] = None,
+    ) -> List[str]:
+        """Continue each context; cut each output before the first stop string or EOS."""
+        ...

@@ -1,0 +1,384 @@
+"""Checkpoints in three layouts, all read into Meta's parameter names and layout.
+
+- Meta: ``params.json`` + ``consolidated.NN.pth`` (one shard per model-parallel rank).
+- HF: ``config.json`` + ``*.safetensors``; q/k rows are in HF's rotate-half order.
+- GGUF (llama.cpp): tensors possibly quantized; q/k rows already in Meta's interleaved order.
+
+Name conversion is a table plus one permutation (``permute_qk``); writers produce Meta (optionally
+sharded) and HF directories, so any layout converts to any other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from llama.model import ModelArgs, Transformer
+from llama.parallel import shard_dim
+
+StateDict = Dict[str, Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+# Meta name pattern -> (HF name pattern, GGUF name pattern). "{i}" is the layer index.
+NAME_TABLE = {
+    "tok_embeddings.weight": ("model.embed_tokens.weight", "token_embd.weight"),
+    "norm.weight": ("model.norm.weight", "output_norm.weight"),
+    "output.weight": ("lm_head.weight", "output.weight"),
+    "layers.{i}.attention.wq.weight": ("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight"),
+    "layers.{i}.attention.wk.weight": ("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight"),
+    "layers.{i}.attention.wv.weight": ("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight"),
+    "layers.{i}.attention.wo.weight": ("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight"),
+    "layers.{i}.feed_forward.w1.weight": ("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight"),
+    "layers.{i}.feed_forward.w2.weight": ("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"),
+    "layers.{i}.feed_forward.w3.weight": ("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"),
+    "layers.{i}.attention_norm.weight": ("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight"),
+    "layers.{i}.ffn_norm.weight": ("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight"),
+}
+FORMATS = {"meta": -1, "hf": 0, "gguf": 1}
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    return re.compile("^" + re.escape(pattern).replace(r"\{i\}", r"(\d+)") + "$")
+
+
+_REGEX = {fmt: [(_pattern_regex(meta if col < 0 else names[col]), meta, names)
+                for meta, names in NAME_TABLE.items()] for fmt, col in FORMATS.items()}
+
+
+def convert_name(name: str, src: str, dst: str) -> Optional[str]:
+    """Translate one parameter name between "meta", "hf" and "gguf"; None if not a model weight."""
+    for regex, meta, names in _REGEX[src]:
+        m = regex.match(name)
+        if m:
+            target = meta if FORMATS[dst] < 0 else names[FORMATS[dst]]
+            return target.replace("{i}", m.group(1)) if m.groups() else target
+    return None
+
+
+def permute_qk(w: Tensor, n_heads: int, to_hf: bool) -> Tensor:
+    """Reorder each head's rows between Meta's interleaved pairs and HF's rotate-half halves."""
+    out_dim, in_dim = w.shape
+    half = out_dim // n_heads // 2
+    if to_hf:
+        # row (head, i, pair) -> (head, pair, i)
+        return w.view(n_heads, half, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+    return w.view(n_heads, 2, half, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Meta layout
+
+
+def meta_shards(ckpt_dir: Path) -> list:
+    return sorted(Path(ckpt_dir).glob("consolidated.*.pth"))
+
+
+def count_shards(path: str) -> int:
+    """Model-parallel size a checkpoint asks for (HF and GGUF files are read whole: 1)."""
+    p = Path(path)
+    if p.is_dir() and (p / "params.json").exists():
+        return max(1, len(meta_shards(p)))
+    return 1
+
+
+def read_params(ckpt_dir: Path) -> dict:
+    path = Path(ckpt_dir) / "params.json"
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} not found: a Meta-layout checkpoint directory needs params.json beside its "
+            "consolidated.NN.pth files (convert other layouts with `python -m llama.convert`)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it from the original download") from None
+
+
+def read_meta(ckpt_dir: Path, mp_rank: int = 0, mp_size: int = 1) -> Tuple[ModelArgs, StateDict]:
+    ckpt_dir = Path(ckpt_dir)
+    params = read_params(ckpt_dir)
+    shards = meta_shards(ckpt_dir)
+    if not shards:
+        raise CheckpointError(f"{ckpt_dir} has params.json but no consolidated.NN.pth files")
+    if len(shards) != mp_size:
+        raise CheckpointError(
+            f"{ckpt_dir} has {len(shards)} shard(s) but model-parallel size is {mp_size}; run with "
+            f"a multiple of {len(shards)} processes or re-shard with `python -m llama.convert --shards {mp_size}`"
+        )
+    path = shards[mp_rank]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises several types for damaged zip archives
+        raise CheckpointError(
+            f"{path} could not be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); the file is "
+            "truncated or damaged: download or convert it again"
+        ) from None
+    return ModelArgs.from_params(params), state
+
+
+def split_state(state: StateDict, mp_rank: int, mp_size: int) -> StateDict:
+    """This rank's slice of a full (unsharded) state dict, in Meta's shard layout."""
+    if mp_size == 1:
+        return state
+    out = {}
+    for name, t in state.items():
+        dim = shard_dim(name)
+        out[name] = t if dim is None else t.chunk(mp_size, dim=dim)[mp_rank].clone()
+    return out
+
+
+def merge_shards(shards: list) -> StateDict:
+    """Full state dict from Meta shards (inverse of ``split_state``)."""
+    if len(shards) == 1:
+        return dict(shards[0])
+    return {name: shards[0][name] if shard_dim(name) is None
+            else torch.cat([s[name] for s in shards], dim=shard_dim(name)) for name in shards[0]}
+
+
+def write_meta(args: ModelArgs, state: StateDict, out_dir: Path, shards: int = 1) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in meta_shards(out_dir):
+        old.unlink()
+    for rank in range(shards):
+        part = {k: v.contiguous() for k, v in split_state(state, rank, shards).items()}
+        torch.save(part, out_dir / f"consolidated.{rank:02d}.pth")
+    (out_dir / "params.json").write_text(json.dumps(args.to_params(), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# HF layout
+
+
+def _args_from_hf_config(cfg: dict) -> ModelArgs:
+    # transformers 5 moved rope settings into "rope_parameters"; 4.x used rope_theta/rope_scaling.
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise CheckpointError(f"config.json asks for rope type {rope_type!r}; only default and llama3 are supported")
+    args = ModelArgs(
+        dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
+        n_kv_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+        vocab_size=cfg["vocab_size"], norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+    if cfg.get("head_dim", args.head_dim) != args.head_dim:
+        raise CheckpointError("config.json has head_dim != hidden_size / num_attention_heads, which LLaMA does not support")
+    if rope_type == "llama3":
+        args.use_scaled_rope = True
+        args.rope_scale_factor = float(rope["factor"])
+        args.rope_low_freq_factor = float(rope["low_freq_factor"])
+        args.rope_high_freq_factor = float(rope["high_freq_factor"])
+        args.rope_original_max_seq_len = int(rope["original_max_position_embeddings"])
+    _set_ffn(args, cfg["intermediate_size"])
+    return args
+
+
+def _set_ffn(args: ModelArgs, hidden: int) -> None:
+    """Express an FFN width through multiple_of when Meta's rule gives it, else explicitly."""
+    for multiple_of in (256, 128, 64, 32):
+        args.multiple_of = multiple_of
+        if args.hidden_dim == hidden:
+            return
+    args.multiple_of, args.ffn_hidden_dim = 256, hidden
+
+
+def _hf_config(args: ModelArgs) -> dict:
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": args.dim, "intermediate_size": args.hidden_dim,
+        "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.kv_heads, "vocab_size": args.vocab_size,
+        "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta, "hidden_act": "silu",
+        "max_position_embeddings": max(args.max_seq_len, args.rope_original_max_seq_len),
+        "tie_word_embeddings": args.tie_word_embeddings, "torch_dtype": "float32",
+        "attention_bias": False, "mlp_bias": False,
+    }
+    if args.use_scaled_rope:
+        cfg["rope_scaling"] = {
+            "rope_type": "llama3", "factor": args.rope_scale_factor,
+            "low_freq_factor": args.rope_low_freq_factor, "high_freq_factor": args.rope_high_freq_factor,
+            "original_max_position_embeddings": args.rope_original_max_seq_len,
+        }
+    return cfg
+
+
+def read_hf(model_dir: Path) -> Tuple[ModelArgs, StateDict]:
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{cfg_path} not found: an HF-layout directory needs config.json")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("model_type", "llama") not in ("llama", "mistral"):
+        raise CheckpointError(f"{cfg_path}: model_type {cfg.get('model_type')!r} is not a LLaMA-family model")
+    args = _args_from_hf_config(cfg)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{model_dir} has config.json but no *.safetensors files")
+    state: StateDict = {}
+    for f in files:
+        for name, t in load_file(str(f)).items():
+            meta = convert_name(name, "hf", "meta")
+            if meta is None:
+                continue
+            if meta.endswith("attention.wq.weight"):
+                t = permute_qk(t, args.n_heads, to_hf=False)
+            elif meta.endswith("attention.wk.weight"):
+                t = permute_qk(t, args.kv_heads, to_hf=False)
+            state[meta] = t
+    if "output.weight" not in state:
+        state["output.weight"] = state["tok_embeddings.weight"]
+        args.tie_word_embeddings = True
+    return args, state
+
+
+def write_hf(args: ModelArgs, state: StateDict, out_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, t in state.items():
+        if name.endswith("attention.wq.weight"):
+            t = permute_qk(t, args.n_heads, to_hf=True)
+        elif name.endswith("attention.wk.weight"):
+            t = permute_qk(t, args.kv_heads, to_hf=True)
+        tensors[convert_name(name, "meta", "hf")] = t.contiguous()
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(_hf_config(args), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF
+
+GGUF_SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+
+
+def _gguf_field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def read_gguf(path: Path) -> Tuple[ModelArgs, StateDict]:
+    import gguf
+    import numpy as np
+
+    path = Path(path)
+    reader = gguf.GGUFReader(str(path))
+    arch = _gguf_field(reader, "general.architecture")
+    if arch != "llama":
+        raise CheckpointError(f"{path}: architecture {arch!r} is not llama")
+    tokens = _gguf_field(reader, "tokenizer.ggml.tokens") or []
+    get = lambda k, d=None: _gguf_field(reader, f"llama.{k}", d)  # noqa: E731
+    args = ModelArgs(
+        dim=get("embedding_length"), n_layers=get("block_count"), n_heads=get("attention.head_count"),
+        n_kv_heads=get("attention.head_count_kv"), vocab_size=get("vocab_size", len(tokens)),
+        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+    )
+    _set_ffn(args, get("feed_forward_length"))
+    state: StateDict = {}
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            raise CheckpointError(f"{path}: Llama-3.1 rope frequency tables in GGUF are not supported; convert from the HF or Meta checkpoint")
+        meta = convert_name(t.name, "gguf", "meta")
+        if meta is None:
+            continue
+        qtype = t.tensor_type.name
+        if qtype not in GGUF_SUPPORTED:
+            raise CheckpointError(
+                f"{path}: tensor {t.name} has type {qtype}, which is not supported "
+                f"({', '.join(GGUF_SUPPORTED)} are); re-quantize the file, e.g. to Q8_0 or F16"
+            )
+        shape = [int(d) for d in reversed(t.shape)]  # ggml lists the fastest dimension first
+        data = gguf.quants.dequantize(t.data, t.tensor_type)
+        state[meta] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(shape)
+    if "output.weight" not in state:
+        state["output.weight"] = state["tok_embeddings.weight"]
+        args.tie_word_embeddings = True
+    return args, state
+
+
+# ---------------------------------------------------------------------------------------------
+# Any layout
+
+
+def checkpoint_format(path: str) -> str:
+    p = Path(path)
+    if p.is_file() and p.suffix == ".gguf":
+        return "gguf"
+    if p.is_dir():
+        if (p / "config.json").exists() and any(p.glob("*.safetensors")):
+            return "hf"
+        if (p / "params.json").exists() or any(p.glob("consolidated.*.pth")):
+            return "meta"
+        ggufs = list(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return "gguf"
+    if not p.exists():
+        raise CheckpointError(f"{path} does not exist; pass --ckpt_dir a Meta/HF checkpoint directory or a .gguf file (run `make setup` for the default model)")
+    raise CheckpointError(
+        f"{path} is not a checkpoint: expected params.json + consolidated.NN.pth, or config.json + "
+        "*.safetensors, or a .gguf file"
+    )
+
+
+def read_checkpoint(path: str, mp_rank: int = 0, mp_size: int = 1) -> Tuple[ModelArgs, StateDict]:
+    """(ModelArgs, this rank's state dict in Meta names) from any supported layout."""
+    fmt = checkpoint_format(path)
+    if fmt == "meta":
+        return read_meta(Path(path), mp_rank, mp_size)
+    p = Path(path)
+    if fmt == "gguf" and p.is_dir():
+        p = next(p.glob("*.gguf"))
+    args, state = read_hf(p) if fmt == "hf" else read_gguf(p)
+    return args, split_state(state, mp_rank, mp_size)
+
+
+def load_model(
+    path: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    mp_rank: int = 0,
+    mp_size: int = 1,
+    max_seq_len: int = 2048,
+    max_batch_size: int = 32,
+    vocab_size: Optional[int] = None,
+) -> Transformer:
+    """Build on the meta device, load with assign=True (no second copy), move to device/dtype.
+
+    vocab_size: the tokenizer's vocabulary size, checked against the checkpoint (and used when
+    params.json leaves it at -1, as LLaMA-1's does).
+    """
+    args, state = read_checkpoint(path, mp_rank, mp_size)
+    args.max_seq_len, args.max_batch_size = max_seq_len, max_batch_size
+    emb_rows = state["tok_embeddings.weight"].shape[0] if "tok_embeddings.weight" in state else None
+    if args.vocab_size <= 0:
+        args.vocab_size = emb_rows or vocab_size or -1
+    if vocab_size is not None and (vocab_size > args.vocab_size or vocab_size < args.vocab_size // 2):
+        raise CheckpointError(
+            f"tokenizer has {vocab_size} tokens but the checkpoint at {path} has a {args.vocab_size}-token "
+            "vocabulary: pass the --tokenizer_path that belongs to this checkpoint"
+        )
+    with torch.device("meta"):
+        model = Transformer(args)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match params ({str(e).splitlines()[0]}...)") from None
+    model = model.to(device=device, dtype=dtype)
+    if args.tie_word_embeddings and mp_size == 1:
+        model.output.weight = model.tok_embeddings.weight
+    return model.eval().requires_grad_(False)

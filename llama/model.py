@@ -1,0 +1,265 @@
+"""The LLaMA-family transformer (LLaMA 1/2/3, SmolLM2, ...), with Meta's parameter names.
+
+Pure: no file I/O, no device moves, no global default dtype.  Build it on the ``meta`` device,
+load a state dict with ``assign=True`` and move it with ``.to(device, dtype)`` (see
+``llama.checkpoint``).  The KV cache is an explicit object the caller creates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from llama import parallel
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: Optional[int] = None
+    vocab_size: int = -1  # LLaMA-1 params.json leaves it to the tokenizer
+    multiple_of: int = 256
+    ffn_dim_multiplier: Optional[float] = None
+    # Not in Meta's params.json: set when a converted checkpoint's FFN width does not follow
+    # the multiple_of rule (many HF configs).
+    ffn_hidden_dim: Optional[int] = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # Llama-3.1 style frequency-dependent RoPE scaling.
+    use_scaled_rope: bool = False
+    rope_scale_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192
+    # Informational: a converted model whose output head equals its embedding.
+    tie_word_embeddings: bool = False
+    max_seq_len: int = 2048
+    max_batch_size: int = 32
+
+    @classmethod
+    def from_params(cls, params: Dict[str, Any], **overrides: Any) -> "ModelArgs":
+        """From a params.json dict; unknown keys are ignored so newer Meta files still load."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in {**params, **overrides}.items() if k in known}
+        return cls(**kwargs)
+
+    def to_params(self) -> Dict[str, Any]:
+        """The params.json dict (Meta's keys, plus ours only where they differ from defaults)."""
+        out: Dict[str, Any] = {
+            "dim": self.dim,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.kv_heads,
+            "vocab_size": self.vocab_size,
+            "multiple_of": self.multiple_of,
+            "ffn_dim_multiplier": self.ffn_dim_multiplier,
+            "norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta,
+            "use_scaled_rope": self.use_scaled_rope,
+        }
+        defaults = ModelArgs()
+        for name in ("ffn_hidden_dim", "tie_word_embeddings", "rope_scale_factor",
+                     "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_seq_len"):
+            if getattr(self, name) != getattr(defaults, name):
+                out[name] = getattr(self, name)
+        return out
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_hidden_dim is not None:
+            return self.ffn_hidden_dim
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+
+def rope_inv_freq(args: ModelArgs, device: Optional[torch.device] = None) -> Tensor:
+    """Per-pair rotation frequencies, fp32, shape (head_dim // 2,)."""
+    d = args.head_dim
+    inv = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
+    if not args.use_scaled_rope:
+        return inv
+    # Llama-3.1: keep high frequencies, divide low ones by the factor, blend in between.
+    low_wavelen = args.rope_original_max_seq_len / args.rope_low_freq_factor
+    high_wavelen = args.rope_original_max_seq_len / args.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv
+    smooth = (args.rope_original_max_seq_len / wavelen - args.rope_low_freq_factor) / (
+        args.rope_high_freq_factor - args.rope_low_freq_factor
+    )
+    blended = (1 - smooth) * inv / args.rope_scale_factor + smooth * inv
+    out = torch.where(wavelen > low_wavelen, inv / args.rope_scale_factor, blended)
+    return torch.where(wavelen < high_wavelen, inv, out)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate Meta's interleaved pairs (x[2i], x[2i+1]); x: (bsz, seqlen, heads, head_dim)."""
+    xf = x.float().unflatten(-1, (-1, 2))  # (bsz, seqlen, heads, head_dim // 2, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class KVCache:
+    """Keys/values of every layer for ``batch_size`` rows and up to ``max_seq_len`` positions.
+
+    Created by the caller (``KVCache.for_model``), so one cache can hold a shared prefix that
+    later calls reuse (``copy_prefix``).
+    """
+
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_seq_len: int,
+                 head_dim: int, device: torch.device, dtype: torch.dtype):
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.k: List[Tensor] = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v: List[Tensor] = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.batch_size = batch_size
+        self.max_seq_len = max_seq_len
+
+    @classmethod
+    def for_model(cls, model: "Transformer", batch_size: int, max_seq_len: Optional[int] = None) -> "KVCache":
+        w = model.tok_embeddings.weight
+        attn = model.layers[0].attention
+        return cls(model.params.n_layers, batch_size, attn.n_local_kv_heads,
+                   max_seq_len or model.params.max_seq_len, attn.head_dim, w.device, w.dtype)
+
+    def copy_prefix(self, other: "KVCache", length: int, rows: Optional[int] = None) -> None:
+        """Copy positions [0, length) of ``other`` (one row broadcast, or row-for-row) into rows [0, rows)."""
+        rows = self.batch_size if rows is None else rows
+        for dst, src in zip(self.k + self.v, other.k + other.v):
+            dst[:rows, :, :length] = src[: (1 if src.shape[0] == 1 else rows), :, :length]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        mp = parallel.model_parallel_size()
+        if args.n_heads % mp or args.kv_heads % mp:
+            raise ValueError(f"{args.n_heads} heads / {args.kv_heads} kv heads do not split over {mp} shards")
+        self.n_local_heads = args.n_heads // mp
+        self.n_local_kv_heads = args.kv_heads // mp
+        self.head_dim = args.head_dim
+        self.wq = parallel.column_linear(args.dim, args.n_heads * self.head_dim)
+        self.wk = parallel.column_linear(args.dim, args.kv_heads * self.head_dim)
+        self.wv = parallel.column_linear(args.dim, args.kv_heads * self.head_dim)
+        self.wo = parallel.row_linear(args.n_heads * self.head_dim, args.dim)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int,
+                cache: Optional[KVCache], layer: int, mask: Optional[Tensor]) -> Tensor:
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (bsz, heads, seqlen, head_dim)
+        if cache is not None:
+            end = start_pos + seqlen
+            cache.k[layer][:bsz, :, start_pos:end] = k
+            cache.v[layer][:bsz, :, start_pos:end] = v
+            k = cache.k[layer][:bsz, :, :end]  # (bsz, kv_heads, end, head_dim)
+            v = cache.v[layer][:bsz, :, :end]
+        causal = mask is None and k.shape[2] == seqlen and seqlen > 1
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            enable_gqa=self.n_local_heads != self.n_local_kv_heads,
+        )
+        out = out.transpose(1, 2).reshape(bsz, seqlen, -1)  # (bsz, seqlen, heads * head_dim)
+        return self.wo(out)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = parallel.column_linear(dim, hidden_dim)
+        self.w2 = parallel.row_linear(hidden_dim, dim)
+        self.w3 = parallel.column_linear(dim, hidden_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, layer_id: int, args: ModelArgs):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int,
+                cache: Optional[KVCache], mask: Optional[Tensor]) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache, self.layer_id, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, params: ModelArgs):
+        super().__init__()
+        if params.vocab_size <= 0:
+            raise ValueError("ModelArgs.vocab_size is not set (take it from the tokenizer)")
+        self.params = params
+        self.tok_embeddings = parallel.embedding(params.vocab_size, params.dim)
+        self.layers = nn.ModuleList(TransformerBlock(i, params) for i in range(params.n_layers))
+        self.norm = RMSNorm(params.dim, eps=params.norm_eps)
+        self.output = parallel.column_linear(params.dim, params.vocab_size, gather_output=True)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        start_pos: int = 0,
+        cache: Optional[KVCache] = None,
+        positions: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+        logits_at: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Logits (fp32) for ``tokens`` (bsz, seqlen) placed at ``start_pos`` in ``cache``.
+
+        positions: (bsz, seqlen) RoPE positions; default start_pos + arange(seqlen).  Packed
+            sequences (several continuations after one context) pass their own.
+        mask: bool (bsz or 1, 1, seqlen, start_pos + seqlen), True = may attend; default causal.
+        logits_at: (bsz, n) indices into seqlen: only those positions go through the output
+            head (it is a large share of a small model's FLOPs).  Default: every position.
+        """
+        bsz, seqlen = tokens.shape
+        h = self.tok_embeddings(tokens)
+        if positions is None:
+            positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device).expand(bsz, seqlen)
+        angles = positions.float()[..., None] * rope_inv_freq(self.params, tokens.device)
+        cos = angles.cos()[:, :, None, :]  # (bsz, seqlen, 1, head_dim // 2)
+        sin = angles.sin()[:, :, None, :]
+        if mask is None and cache is not None and start_pos > 0 and seqlen > 1:
+            kv_pos = torch.arange(start_pos + seqlen, device=tokens.device)
+            mask = kv_pos[None, :] <= positions[0, :, None]  # (seqlen, start_pos + seqlen)
+            mask = mask[None, None]
+        for layer in self.layers:
+            h = layer(h, cos, sin, start_pos, cache, mask)
+        if logits_at is not None:
+            h = torch.gather(h, 1, logits_at[..., None].expand(-1, -1, h.shape[-1]))  # (bsz, n, dim)
+        return self.output(self.norm(h)).float()

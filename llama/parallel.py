@@ -1,0 +1,80 @@
+"""Linear/embedding factories: plain torch layers for one shard, fairscale's for several.
+
+Model-parallel size 1 must work without any process group (plain ``python`` on a laptop), so
+fairscale is imported only when its model-parallel groups have been initialised.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+
+def model_parallel_size() -> int:
+    try:
+        from fairscale.nn.model_parallel import initialize as fs_init
+    except ImportError:  # pragma: no cover - fairscale is a requirement
+        return 1
+    if not fs_init.model_parallel_is_initialized():
+        return 1
+    return fs_init.get_model_parallel_world_size()
+
+
+def _identity_init(weight):
+    # Weights always come from a checkpoint; skip random initialisation.
+    return weight
+
+
+def column_linear(in_features: int, out_features: int, gather_output: bool = False) -> nn.Module:
+    """Output features split across model-parallel ranks (wq/wk/wv, w1/w3, output)."""
+    if model_parallel_size() == 1:
+        return nn.Linear(in_features, out_features, bias=False)
+    from fairscale.nn.model_parallel.layers import ColumnParallelLinear
+
+    return ColumnParallelLinear(
+        in_features, out_features, bias=False, gather_output=gather_output, init_method=_identity_init
+    )
+
+
+def row_linear(in_features: int, out_features: int) -> nn.Module:
+    """Input features split across model-parallel ranks (wo, w2); outputs all-reduced."""
+    if model_parallel_size() == 1:
+        return nn.Linear(in_features, out_features, bias=False)
+    from fairscale.nn.model_parallel.layers import RowParallelLinear
+
+    return RowParallelLinear(
+        in_features, out_features, bias=False, input_is_parallel=True, init_method=_identity_init
+    )
+
+
+def embedding(num_embeddings: int, embedding_dim: int) -> nn.Module:
+    if model_parallel_size() == 1:
+        return nn.Embedding(num_embeddings, embedding_dim)
+    from fairscale.nn.model_parallel.layers import ParallelEmbedding
+
+    return ParallelEmbedding(num_embeddings, embedding_dim, init_method=_identity_init)
+
+
+# Which dimension of each Meta parameter is split across shards (None: replicated).
+# Meta's consolidated.NN.pth files follow exactly this layout.
+SHARD_DIM = {
+    "tok_embeddings.weight": 1,
+    "output.weight": 0,
+    "attention.wq.weight": 0,
+    "attention.wk.weight": 0,
+    "attention.wv.weight": 0,
+    "attention.wo.weight": 1,
+    "feed_forward.w1.weight": 0,
+    "feed_forward.w3.weight": 0,
+    "feed_forward.w2.weight": 1,
+    "attention_norm.weight": None,
+    "ffn_norm.weight": None,
+    "norm.weight": None,
+}
+
+
+def shard_dim(name: str):
+    """Split dimension for a full parameter name such as ``layers.3.attention.wq.weight``."""
+    for suffix, dim in SHARD_DIM.items():
+        if name == suffix or name.endswith("." + suffix):
+            return dim
+    raise KeyError(f"unknown LLaMA parameter name {name!r}")

@@ -1,0 +1,313 @@
+"""Tokenizers for LLaMA-family models behind one small interface.
+
+Classification only needs ``encode``/``decode`` and the ids of a few special tokens, but checkpoints
+ship their vocabulary in different forms: Meta's LLaMA-1/2 use a SentencePiece ``tokenizer.model``,
+newer models (Llama-3, SmolLM2, ...) a Hugging Face ``tokenizer.json``, and GGUF files carry only
+raw vocabulary metadata.  ``load_tokenizer`` picks the backend from the file it is given, and
+``tokenizer_json_from_gguf`` turns GGUF metadata into a ``tokenizer.json`` so the HF backend can
+serve GGUF models too.
+
+Both backends follow Meta's convention: ``encode(s, bos, eos)`` never adds special tokens on its own;
+the caller decides, and ``add_bos`` tells it what the model was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+__all__ = [
+    "Tokenizer",
+    "SentencePieceTokenizer",
+    "HFTokenizer",
+    "load_tokenizer",
+    "tokenizer_json_from_gguf",
+    "write_tokenizer_from_gguf",
+]
+
+_USAGE = "pass a tokenizer.model (SentencePiece), a tokenizer.json (Hugging Face) or a directory holding one"
+
+
+class Tokenizer:
+    """Common interface: what the model runner needs, independent of the vocabulary format."""
+
+    bos_id: int
+    eos_id: int
+    pad_id: int  # eos when the vocabulary has no pad token: padded positions are masked anyway
+    n_words: int
+    add_bos: bool  # whether the model was trained with BOS prepended to every sequence
+
+    def encode(self, s: str, bos: bool, eos: bool) -> list[int]:
+        """Token ids of ``s``; BOS/EOS are added only when asked, never implicitly."""
+        ids = self._encode(s)
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; special/control tokens (BOS, EOS, ...) are dropped, as SentencePiece does."""
+        return self._decode([int(i) for i in ids])
+
+    def _encode(self, s: str) -> list[int]:
+        raise NotImplementedError
+
+    def _decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(n_words={self.n_words}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
+                f"pad_id={self.pad_id}, add_bos={self.add_bos})")
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """LLaMA-1/2 ``tokenizer.model``, used exactly as Meta's reference code does."""
+
+    def __init__(self, path: str | Path):
+        from sentencepiece import SentencePieceProcessor
+
+        self.path = str(path)
+        self.sp_model = SentencePieceProcessor(model_file=self.path)
+        self.n_words = self.sp_model.vocab_size()
+        self.bos_id = self.sp_model.bos_id()
+        self.eos_id = self.sp_model.eos_id()
+        pad = self.sp_model.pad_id()  # -1 for LLaMA: no pad piece
+        self.pad_id = pad if pad >= 0 else self.eos_id
+        self.add_bos = True
+
+    def _encode(self, s: str) -> list[int]:
+        assert isinstance(s, str), f"expected str, got {type(s).__name__}"
+        return self.sp_model.encode(s)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.sp_model.decode(ids)
+
+
+# Fallback names, most specific first, for vocabularies that come without any config naming them.
+_BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>")
+_EOS_NAMES = ("</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>")
+
+
+def _token_str(value: Any) -> Optional[str]:
+    """A special token from a HF config: a plain string, or an AddedToken dict with ``content``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face ``tokenizer.json`` run through the ``tokenizers`` library.
+
+    Special-token settings are read from a sibling ``tokenizer_config.json`` (as HF repos ship it and
+    as ``write_tokenizer_from_gguf`` writes it) or ``special_tokens_map.json``; ``config`` overrides
+    them.  Without either, ids are guessed from common token names.
+    """
+
+    def __init__(self, path: str | Path, config: Optional[dict] = None):
+        from tokenizers import Tokenizer as _HFTok
+
+        self.path = str(path)
+        self._init(_HFTok.from_file(self.path), Path(path).parent, config)
+
+    @classmethod
+    def from_gguf(cls, gguf_path: str | Path) -> "HFTokenizer":
+        """Build directly from a GGUF file's vocabulary, without writing files."""
+        import gguf
+        from tokenizers import Tokenizer as _HFTok
+
+        text, config = tokenizer_json_from_gguf(gguf.GGUFReader(str(gguf_path)))
+        self = cls.__new__(cls)
+        self.path = str(gguf_path)
+        self._init(_HFTok.from_str(text), None, config)
+        return self
+
+    def _init(self, tok: Any, folder: Optional[Path], config: Optional[dict]) -> None:
+        self.tok = tok
+        if tok.decoder is None and "ByteLevel" in repr(tok.pre_tokenizer):
+            from tokenizers import decoders  # byte symbols like "Ġ" must map back to UTF-8 text
+
+            tok.decoder = decoders.ByteLevel()
+        cfg: dict = {}
+        if folder is not None:  # the later file wins: tokenizer_config.json is the more specific one
+            cfg.update({k: v for k, v in _read_json(folder / "special_tokens_map.json").items() if v is not None})
+            cfg.update({k: v for k, v in _read_json(folder / "tokenizer_config.json").items() if v is not None})
+        cfg.update(config or {})
+        self.n_words = tok.get_vocab_size(with_added_tokens=True)
+
+        # What the post-processor prepends when HF's default add_special_tokens=True is used is, by
+        # definition, this tokenizer's BOS convention (Llama-3's TemplateProcessing "<|begin_of_text|> $A").
+        plain = tok.encode("a", add_special_tokens=False).ids
+        full = tok.encode("a", add_special_tokens=True).ids
+        lead = full[0] if len(full) > len(plain) and full[1:1 + len(plain)] == plain else None
+
+        def lookup(key: str, names: tuple[str, ...], default: Optional[int] = None) -> Optional[int]:
+            name = _token_str(cfg.get(key))
+            if name is not None:
+                tid = tok.token_to_id(name)
+                if tid is None:
+                    raise ValueError(f"{self.path}: {key} {name!r} from the tokenizer config is not in the vocabulary")
+                return tid
+            if default is not None:
+                return default
+            return next((t for t in map(tok.token_to_id, names) if t is not None), None)
+
+        eos = lookup("eos_token", _EOS_NAMES)
+        bos = lookup("bos_token", _BOS_NAMES, default=lead)
+        if bos is None and eos is None:
+            raise ValueError(f"{self.path}: cannot tell BOS/EOS tokens; write a tokenizer_config.json next to it "
+                             f"with bos_token and eos_token")
+        self.bos_id = bos if bos is not None else eos
+        self.eos_id = eos if eos is not None else bos
+        pad = lookup("pad_token", ())
+        self.pad_id = pad if pad is not None else self.eos_id
+        self.add_bos = lead == self.bos_id or cfg.get("add_bos_token") is True
+
+    def _encode(self, s: str) -> list[int]:
+        assert isinstance(s, str), f"expected str, got {type(s).__name__}"
+        return self.tok.encode(s, add_special_tokens=False).ids
+
+    def _decode(self, ids: list[int]) -> str:
+        # The tokenizer.json's decoder (ByteLevel for GPT-2-style BPE) maps byte symbols such as "Ġ"
+        # back to UTF-8 text; a byte-level vocabulary without a decoder would leak those symbols.
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The right backend for ``path``: ``.model`` → SentencePiece, ``.json`` → HF, ``.gguf`` → HF built
+    from the GGUF vocabulary; a directory is searched for ``tokenizer.model`` then ``tokenizer.json``
+    (the former first, since LLaMA-1/2 checkpoints that carry both were trained with it)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"Tokenizer not found: {p}; {_USAGE}")
+    if p.is_dir():
+        for name in ("tokenizer.model", "tokenizer.json"):
+            if (p / name).is_file():
+                return load_tokenizer(p / name)
+        raise FileNotFoundError(f"No tokenizer.model or tokenizer.json in directory {p}; {_USAGE}")
+    suffix = p.suffix.lower()
+    if suffix == ".model":
+        return SentencePieceTokenizer(p)
+    if suffix == ".json":
+        return HFTokenizer(p)
+    if suffix == ".gguf":
+        return HFTokenizer.from_gguf(p)
+    raise ValueError(f"Unknown tokenizer file type {p.name!r} ({p}); {_USAGE}")
+
+
+# --------------------------------------------------------------------------------------------- GGUF
+
+# llama.cpp splits text with its own regex list per `tokenizer.ggml.pre`; these are the HF equivalents.
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# pre name -> (isolate every digit first, split regex or None for ByteLevel's built-in GPT-2 regex)
+_PRE = {
+    **dict.fromkeys(("smollm", "starcoder", "refact", "codeshell", "command-r", "exaone", "minerva"), (True, None)),
+    **dict.fromkeys(("default", "gpt2", "gpt-2", "mpt", "olmo", "jais"), (False, None)),
+    **dict.fromkeys(("llama-bpe", "llama3", "llama-v3", "smaug-bpe", "dbrx", "falcon3", "pixtral"),
+                    (False, _LLAMA3_SPLIT)),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), (False, _QWEN2_SPLIT)),
+}
+_IGNORE_MERGES = {"llama-bpe", "llama3", "llama-v3", "smaug-bpe", "dbrx", "falcon3", "pixtral"}
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte → printable character map: printable Latin-1 bytes stand for themselves, the
+    other bytes take the code points from 256 upward, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return {b: chr(b) if b in keep else chr(next(extra)) for b in range(256)}
+
+
+def _field(reader: Any, name: str, default: Any = None) -> Any:
+    field = reader.fields.get(name)
+    return default if field is None else field.contents()
+
+
+def tokenizer_json_from_gguf(reader: Any) -> tuple[str, dict]:
+    """A HF ``tokenizer.json`` text rebuilt from a GGUF vocabulary, plus its special-token settings.
+
+    The dict is meant to be saved as ``tokenizer_config.json`` next to the JSON (``HFTokenizer`` reads
+    it): ``bos_token``/``eos_token``/``unk_token``/``pad_token`` as strings and ``add_bos_token``.
+    Only byte-level BPE (``tokenizer.ggml.model == "gpt2"``) is supported.
+    """
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer as _HFTok
+
+    kind = _field(reader, "tokenizer.ggml.model")
+    if kind == "llama":
+        raise NotImplementedError("GGUF holds a SentencePiece vocabulary (tokenizer.ggml.model='llama'); "
+                                  "use the original tokenizer.model with SentencePieceTokenizer instead")
+    if kind != "gpt2":
+        raise NotImplementedError(f"GGUF tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' BPE)")
+    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
+    types: list[int] = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
+    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    if pre not in _PRE:
+        warnings.warn(f"GGUF pre-tokenizer {pre!r} is unknown; falling back to GPT-2's split, which may differ")
+    digits, split = _PRE.get(pre, (False, None))
+
+    # GGUF stores byte-level tokens already spelled in GPT-2's byte alphabet; respell any that is not
+    # (raw text), except control tokens, which are matched verbatim as added tokens anyway.
+    alphabet = _byte_alphabet()
+    letters = set(alphabet.values())
+    vocab = {}
+    for i, (t, ty) in enumerate(zip(tokens, types)):
+        if ty != _CONTROL and not set(t) <= letters:
+            t = "".join(alphabet[b] for b in t.encode("utf-8"))
+        vocab.setdefault(t, i)
+
+    def tok_id(key: str) -> Optional[int]:
+        v = _field(reader, f"tokenizer.ggml.{key}")
+        return int(v) if v is not None and 0 <= int(v) < len(tokens) else None
+
+    bos, eos, unk, pad = (tok_id(k) for k in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id"))
+    add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", False))
+
+    tok = _HFTok(models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False,
+                            ignore_merges=pre in _IGNORE_MERGES))
+    steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
+    if split is None:
+        steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
+    else:
+        steps += [pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    tok.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, ty in zip(tokens, types) if ty == _CONTROL])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False)
+                    for t, ty in zip(tokens, types) if ty == _USER_DEFINED])
+    if add_bos and bos is not None:  # so plain HF users of the file get the same BOS convention
+        b = tokens[bos]
+        tok.post_processor = processors.TemplateProcessing(
+            single=[b, "$A"], pair=[b, "$A", f"{b}:1", "$B:1"], special_tokens=[(b, bos)])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    config = {name: tokens[i] for name, i in
+              (("bos_token", bos), ("eos_token", eos), ("unk_token", unk), ("pad_token", pad)) if i is not None}
+    config["add_bos_token"] = add_bos
+    return tok.to_str(), config
+
+
+def write_tokenizer_from_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` for a GGUF model into ``out_dir``;
+    returns the ``tokenizer.json`` path, ready for ``load_tokenizer``."""
+    import gguf
+
+    if not Path(gguf_path).is_file():
+        raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
+    text, config = tokenizer_json_from_gguf(gguf.GGUFReader(str(gguf_path)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.json").write_text(text, encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
+    return out / "tokenizer.json"

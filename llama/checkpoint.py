@@ -112,7 +112,7 @@ def read_meta(ckpt_dir: Path, mp_rank: int = 0, mp_size: int = 1) -> Tuple[Model
     if len(shards) != mp_size:
         raise CheckpointError(
             f"{ckpt_dir} has {len(shards)} shard(s) but model-parallel size is {mp_size}; run with "
-            f"a multiple of {len(shards)} processes or re-shard with `python -m llama.convert --shards {mp_size}`"
+            f"a multiple of {len(shards)} processes or re-shard with `python -m llama.convert convert {ckpt_dir} OUT --shards {mp_size}`"
         )
     path = shards[mp_rank]
     try:
@@ -251,6 +251,10 @@ def write_hf(args: ModelArgs, state: StateDict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, t in state.items():
+        if name == "output.weight" and args.tie_word_embeddings:
+            if not torch.equal(t, state["tok_embeddings.weight"]):
+                raise CheckpointError("params say tie_word_embeddings but output.weight differs from tok_embeddings.weight")
+            continue  # HF stores a tied head once, as the embedding
         if name.endswith("attention.wq.weight"):
             t = permute_qk(t, args.n_heads, to_hf=True)
         elif name.endswith("attention.wk.weight"):
@@ -304,7 +308,7 @@ def read_gguf(path: Path) -> Tuple[ModelArgs, StateDict]:
             )
         shape = [int(d) for d in reversed(t.shape)]  # ggml lists the fastest dimension first
         data = gguf.quants.dequantize(t.data, t.tensor_type)
-        state[meta] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(shape)
+        state[meta] = torch.from_numpy(np.array(data, dtype=np.float32)).reshape(shape)  # copy: reader memory is read-only
     if "output.weight" not in state:
         state["output.weight"] = state["tok_embeddings.weight"]
         args.tie_word_embeddings = True

@@ -6,6 +6,9 @@ fairscale is imported only when its model-parallel groups have been initialised.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch.nn as nn
 
 
@@ -24,15 +27,34 @@ def _identity_init(weight):
     return weight
 
 
+@contextlib.contextmanager
+def _no_master_weight() -> Iterator[None]:
+    """Skip fairscale's init, which builds the full unsharded matrix and copies a slice of it.
+
+    Weights come from a checkpoint (loaded with assign=True), so that copy is wasted memory, and
+    on the meta device it fails: fairscale allocates the shard with the legacy ``torch.Tensor``
+    constructor, which ignores the device context.
+    """
+    from fairscale.nn.model_parallel import layers
+
+    saved = layers._initialize_affine_weight
+    layers._initialize_affine_weight = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        layers._initialize_affine_weight = saved
+
+
 def column_linear(in_features: int, out_features: int, gather_output: bool = False) -> nn.Module:
     """Output features split across model-parallel ranks (wq/wk/wv, w1/w3, output)."""
     if model_parallel_size() == 1:
         return nn.Linear(in_features, out_features, bias=False)
     from fairscale.nn.model_parallel.layers import ColumnParallelLinear
 
-    return ColumnParallelLinear(
-        in_features, out_features, bias=False, gather_output=gather_output, init_method=_identity_init
-    )
+    with _no_master_weight():
+        return ColumnParallelLinear(
+            in_features, out_features, bias=False, gather_output=gather_output, init_method=_identity_init
+        )
 
 
 def row_linear(in_features: int, out_features: int) -> nn.Module:
@@ -41,9 +63,10 @@ def row_linear(in_features: int, out_features: int) -> nn.Module:
         return nn.Linear(in_features, out_features, bias=False)
     from fairscale.nn.model_parallel.layers import RowParallelLinear
 
-    return RowParallelLinear(
-        in_features, out_features, bias=False, input_is_parallel=True, init_method=_identity_init
-    )
+    with _no_master_weight():
+        return RowParallelLinear(
+            in_features, out_features, bias=False, input_is_parallel=True, init_method=_identity_init
+        )
 
 
 def embedding(num_embeddings: int, embedding_dim: int) -> nn.Module:
@@ -51,7 +74,8 @@ def embedding(num_embeddings: int, embedding_dim: int) -> nn.Module:
         return nn.Embedding(num_embeddings, embedding_dim)
     from fairscale.nn.model_parallel.layers import ParallelEmbedding
 
-    return ParallelEmbedding(num_embeddings, embedding_dim, init_method=_identity_init)
+    with _no_master_weight():
+        return ParallelEmbedding(num_embeddings, embedding_dim, init_method=_identity_init)
 
 
 # Which dimension of each Meta parameter is split across shards (None: replicated).

@@ -97,7 +97,7 @@ def setup_runtime(
         raise ValueError(
             f"world size {world_size} is not a multiple of the checkpoint's {model_parallel_size} "
             f"shard(s): run torchrun --nproc_per_node with a multiple of {model_parallel_size}, "
-            "or re-shard the checkpoint with `python -m llama.convert --shards N`"
+            "or re-shard the checkpoint with `python -m llama.convert convert SRC OUT --shards N`"
         )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

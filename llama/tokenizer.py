@@ -147,7 +147,7 @@ class HFTokenizer(Tokenizer):
             name = _token_str(cfg.get(key))
             if name is not None:
                 tid = tok.token_to_id(name)
-                if tid is None:
+                if tid is None and key != "pad_token":  # a missing pad just falls back to eos
                     raise ValueError(f"{self.path}: {key} {name!r} from the tokenizer config is not in the vocabulary")
                 return tid
             if default is not None:

@@ -1,0 +1,249 @@
+"""The four classification methods as pure functions over :class:`classification.lm.LanguageModel`.
+
+Scoring rule: for a record and a label word, the request is
+``(fill(prompt, text, label_word), " " + fill(completion, text, label_word) + end)`` where ``end``
+is "\\n" for ``completion_end="newline"`` and "" otherwise (EOS is scored inside the model when it
+was built with ``append_eos``).  Direct and channel differ only in their templates:
+
+- direct:    prompt "...Article: {text}\\nCategory:",   completion "{label_word}"
+- channel:   prompt "...Category: {label_word}\\nArticle:", completion "{text}"
+- calibrate: direct log-probs re-weighted by 1 / p(label | content-free input) (Zhao et al. 2021)
+- generate:  greedy continuation of the direct prompt, parsed back to a label word
+
+Test texts too long for ``lm.max_seq_len`` are shortened token-wise (:func:`fit_text`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from classification.errors import ClassificationError
+from classification.lm import LanguageModel
+from classification.templates import fill
+
+COMPLETION_ENDS: Tuple[str, ...] = ("eos", "none", "newline")
+NONE_PREDICTION = "none"
+DEFAULT_CONTENT_FREE: Tuple[str, ...] = ("N/A",)
+# When the longest label's request is this close to the limit, every label's request is counted.
+_EXACT_MARGIN = 4
+
+Record = Dict[str, Any]
+Result = Dict[str, Any]
+
+
+def completion_suffix(completion_end: str) -> str:
+    """Text appended to every continuation for a ``--completion_end`` value."""
+    if completion_end not in COMPLETION_ENDS:
+        raise ClassificationError(f"--completion_end {completion_end!r} is not one of {', '.join(COMPLETION_ENDS)}")
+    return "\n" if completion_end == "newline" else ""
+
+
+def argmax(xs: Sequence[float]) -> int:
+    """Index of the largest value (the first one on ties)."""
+    best = 0
+    for i, x in enumerate(xs):
+        if x > xs[best]:
+            best = i
+    return best
+
+
+def softmax(xs: Sequence[float]) -> List[float]:
+    """Numerically stable softmax of a list of log-scores."""
+    top = max(xs)
+    exps = [math.exp(x - top) for x in xs]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def request(record: Record, text: str, label_word: str, suffix: str = "") -> Tuple[str, str]:
+    """The (context, continuation) pair scoring ``label_word`` for ``record`` with ``text``."""
+    context = fill(record["prompt"], text=text, label_word=label_word)
+    continuation = " " + fill(record["completion"], text=text, label_word=label_word) + suffix
+    return context, continuation
+
+
+def count_tokens(lm: LanguageModel, context: str, continuation: str = "", eos: bool = False) -> int:
+    """Tokens the model sees for one request (BOS when the tokenizer adds it, EOS when asked)."""
+    tok = lm.tokenizer
+    return len(tok.encode(context + continuation, bos=bool(tok.add_bos), eos=False)) + (1 if eos else 0)
+
+
+def fit_text(lm: LanguageModel, text: str, needed: Callable[[str], int], what: str = "the prompt") -> Tuple[str, bool]:
+    """Shorten ``text`` (cutting its tokens from the end) until ``needed(text) <= lm.max_seq_len``.
+
+    Returns (text, shortened).  Raises :class:`ClassificationError` only when even an empty
+    text does not fit, i.e. the demonstrations and template alone are too long.
+    """
+    limit = lm.max_seq_len
+    n = needed(text)
+    if n <= limit:
+        return text, False
+    ids = lm.tokenizer.encode(text, bos=False, eos=False)
+    keep = len(ids) - (n - limit)
+    while keep > 0:
+        candidate = lm.tokenizer.decode(ids[:keep])
+        m = needed(candidate)
+        if m <= limit:
+            return candidate, True
+        keep -= max(1, m - limit)
+    empty = needed("")
+    if empty <= limit:
+        return "", True
+    raise ClassificationError(
+        f"{what} needs {empty} tokens even with the test text removed, more than max_seq_len "
+        f"{limit}; use fewer demonstrations (--k) or a larger --max_seq_len"
+    )
+
+
+def _label_order(lm: LanguageModel, label_words: Sequence[str], suffix: str) -> List[int]:
+    """Label indices, the label with the most tokens first."""
+    lengths = [len(lm.tokenizer.encode(" " + w + suffix, bos=False, eos=False)) for w in label_words]
+    return sorted(range(len(label_words)), key=lambda i: (-lengths[i], i))
+
+
+def _loglikelihood_needed(lm: LanguageModel, record: Record, suffix: str) -> Callable[[str], int]:
+    words = record["label_words"]
+    order = _label_order(lm, words, suffix)
+    eos = bool(lm.append_eos)
+
+    def needed(text: str) -> int:
+        n = count_tokens(lm, *request(record, text, words[order[0]], suffix), eos=eos)
+        if n > lm.max_seq_len - _EXACT_MARGIN:
+            n = max(count_tokens(lm, *request(record, text, words[i], suffix), eos=eos) for i in order)
+        return n
+
+    return needed
+
+
+def score_labels(lm: LanguageModel, records: Sequence[Record], completion_end: str = "eos") -> List[Result]:
+    """Score every label word of every record in one ``loglikelihood`` call; argmax predicts.
+
+    Each result has ``log_probs`` (label_words order), ``prediction`` and ``shortened``.
+    """
+    suffix = completion_suffix(completion_end)
+    texts: List[str] = []
+    shortened: List[bool] = []
+    requests: List[Tuple[str, str]] = []
+    for pos, record in enumerate(records):
+        text, cut = fit_text(lm, record["text"], _loglikelihood_needed(lm, record, suffix), f"record {pos}'s prompt")
+        texts.append(text)
+        shortened.append(cut)
+        requests.extend(request(record, text, word, suffix) for word in record["label_words"])
+    scores = lm.loglikelihood(requests) if requests else []
+    if len(scores) != len(requests):
+        raise RuntimeError(f"loglikelihood returned {len(scores)} scores for {len(requests)} requests")
+    results: List[Result] = []
+    start = 0
+    for record, cut in zip(records, shortened):
+        log_probs = [float(s) for s in scores[start : start + len(record["label_words"])]]
+        start += len(log_probs)
+        results.append(
+            {"log_probs": log_probs, "prediction": record["label_words"][argmax(log_probs)], "shortened": cut}
+        )
+    return results
+
+
+def direct(lm: LanguageModel, records: Sequence[Record], completion_end: str = "eos") -> List[Result]:
+    """Direct: log p(" " + label word | demonstrations + "Article: text\\nCategory:") per label."""
+    return score_labels(lm, records, completion_end)
+
+
+def channel(lm: LanguageModel, records: Sequence[Record], completion_end: str = "eos") -> List[Result]:
+    """Channel: log p(" " + text | demonstrations + "Category: label word\\nArticle:") per label."""
+    return score_labels(lm, records, completion_end)
+
+
+def content_free_probs(
+    lm: LanguageModel,
+    record: Record,
+    content_free: Sequence[str] = DEFAULT_CONTENT_FREE,
+    completion_end: str = "eos",
+) -> List[float]:
+    """p_cf: softmax over the label log-probs of each content-free text, averaged over the texts."""
+    if not content_free:
+        raise ClassificationError("--content_free needs at least one content-free text, e.g. N/A")
+    suffix = completion_suffix(completion_end)
+    words = record["label_words"]
+    requests: List[Tuple[str, str]] = []
+    for cf in content_free:
+        for word in words:
+            req = request(record, cf, word, suffix)
+            n = count_tokens(lm, *req, eos=bool(lm.append_eos))
+            if n > lm.max_seq_len:
+                raise ClassificationError(
+                    f"the content-free prompt for {cf!r} needs {n} tokens, more than max_seq_len "
+                    f"{lm.max_seq_len}; use fewer demonstrations (--k) or a larger --max_seq_len"
+                )
+            requests.append(req)
+    scores = lm.loglikelihood(requests)
+    total = [0.0] * len(words)
+    for j in range(len(content_free)):
+        probs = softmax([float(s) for s in scores[j * len(words) : (j + 1) * len(words)]])
+        total = [t + p for t, p in zip(total, probs)]
+    return [t / len(content_free) for t in total]
+
+
+def calibrate_log_probs(log_probs: Sequence[float], p_cf: Sequence[float]) -> List[float]:
+    """Contextual calibration: log of normalize(softmax(log_probs) / p_cf)."""
+    if len(log_probs) != len(p_cf):
+        raise ValueError(f"{len(log_probs)} log-probs but {len(p_cf)} content-free probabilities")
+    probs = softmax(log_probs)
+    weighted = [p / max(c, 1e-300) for p, c in zip(probs, p_cf)]
+    total = sum(weighted)
+    return [math.log(w / total) if w > 0 else float("-inf") for w in weighted]
+
+
+def calibrate(direct_log_probs: Sequence[Sequence[float]], label_words: Sequence[str], p_cf: Sequence[float]) -> List[Result]:
+    """Calibrated ``log_probs`` and argmax ``prediction`` for each direct result."""
+    results: List[Result] = []
+    for log_probs in direct_log_probs:
+        calibrated = calibrate_log_probs(log_probs, p_cf)
+        results.append({"log_probs": calibrated, "prediction": label_words[argmax(calibrated)]})
+    return results
+
+
+def parse_generation(generation: str, label_words: Sequence[str]) -> str:
+    """The label word the generation starts with (case-insensitive, longest match), else "none"."""
+    text = generation.strip().lower()
+    for word in sorted(label_words, key=len, reverse=True):
+        if word and text.startswith(word.lower()):
+            return word
+    return NONE_PREDICTION
+
+
+def generate(
+    lm: LanguageModel,
+    records: Sequence[Record],
+    max_gen_len: int = 10,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: Optional[int] = None,
+) -> List[Result]:
+    """Continue each filled prompt (stopping at a newline or EOS) and parse the label word."""
+    contexts: List[str] = []
+    shortened: List[bool] = []
+    for pos, record in enumerate(records):
+
+        def needed(text: str, record: Record = record) -> int:
+            return count_tokens(lm, fill(record["prompt"], text=text)) + max_gen_len
+
+        text, cut = fit_text(lm, record["text"], needed, f"record {pos}'s prompt plus --max_gen_len {max_gen_len}")
+        contexts.append(fill(record["prompt"], text=text))
+        shortened.append(cut)
+    generations = (
+        lm.generate_until(contexts, max_gen_len, stop=("\n",), temperature=temperature, top_p=top_p, seed=seed)
+        if contexts
+        else []
+    )
+    if len(generations) != len(contexts):
+        raise RuntimeError(f"generate_until returned {len(generations)} outputs for {len(contexts)} contexts")
+    return [
+        {
+            "generation": g,
+            "prediction": parse_generation(g, record["label_words"]),
+            "log_probs": None,
+            "shortened": cut,
+        }
+        for g, record, cut in zip(generations, records, shortened)
+    ]

@@ -1,0 +1,67 @@
+"""A results table (method, n, accuracy, macro-F1, time) from ``*.metrics.json`` files.
+
+    python -m classification.table samples/outputs_*_ag_news.metrics.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from classification.errors import ClassificationError
+
+METHOD_ORDER = ("direct", "calibrate", "channel", "generate")
+
+
+def load_metrics(paths: Sequence[str]) -> List[Dict[str, Any]]:
+    """Read metrics files (one-line error for a missing or broken one), in METHOD_ORDER."""
+    rows = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                m = json.load(f)
+        except OSError as e:
+            raise ClassificationError(f"cannot read metrics file {path}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise ClassificationError(f"metrics file {path} is not valid JSON: {e}") from None
+        if not isinstance(m, dict) or "accuracy" not in m:
+            raise ClassificationError(f"{path} is not a metrics file (no accuracy)")
+        rows.append(m)
+    rank = {name: i for i, name in enumerate(METHOD_ORDER)}
+    return sorted(rows, key=lambda m: rank.get(m.get("method", ""), len(rank)))
+
+
+def format_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """A Markdown table, one row per metrics dict."""
+    lines = ["| method | n | accuracy | macro-F1 | time (s) |", "|---|---:|---:|---:|---:|"]
+    for m in rows:
+        time_s: Optional[float] = m.get("wall_time_s")
+        lines.append(
+            f"| {m.get('method', '?')} | {m.get('n', '?')} | {m['accuracy']:.4f} | "
+            f"{m.get('macro_f1', float('nan')):.4f} | {'-' if time_s is None else f'{time_s:.1f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def print_table(*paths: str) -> str:
+    """Print (and return) the table of the given metrics files."""
+    if not paths:
+        raise ClassificationError("give one or more *.metrics.json files")
+    table = format_table(load_metrics(paths))
+    print(table)
+    return table
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        print_table(*args)
+    except ClassificationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Write ag_news input records for direct classification (see classification.data.preprocess)."""
+
+from typing import Optional
+
+import fire
+
+from classification.cli import cli
+from classification.data import preprocess
+
+
+@cli
+def main(
+    data_path: str = "samples/inputs_direct_ag_news.json",
+    sample: bool = True,
+    k: int = 1,
+    seed: int = 42,
+    data_dir: Optional[str] = None,
+    n_sample: int = 16,
+) -> None:
+    """Build direct prompts with k demonstrations per class and write them as JSON.
+
+    data_path: output JSON file of records (prompt, completion, text, label_words, ground_truth, index).
+    sample: True for a stratified sample of n_sample test examples, False (--nosample) for all 7,600.
+    k: demonstrations per class, drawn from the train split (0 for zero-shot).
+    seed: random seed for the demonstrations, their order and the test sample.
+    data_dir: directory with ag_news_csv train.csv/test.csv; default None reads the Hugging Face hub.
+    n_sample: test examples in the sample (spread evenly over the classes).
+    """
+    preprocess("direct", data_path, sample=sample, k=k, seed=seed, data_dir=data_dir, n_sample=n_sample)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

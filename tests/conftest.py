@@ -1,0 +1,48 @@
+"""Shared fixtures: the project root, the offline data beside it, the embedded default model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip("offline data (../shared/data) not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def default_gguf() -> Path:
+    from llama.convert import default_gguf_path
+
+    try:
+        return default_gguf_path()
+    except Exception as e:  # not installed: `make setup` installs it
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(tmp_path_factory, default_gguf) -> Path:
+    """The default model converted to Meta layout + tokenizer.json (reuses checkpoints/ if set up)."""
+    from llama.convert import install_default
+
+    installed = ROOT / "checkpoints" / "smollm2"
+    if (installed / "source.json").exists():
+        return installed
+    out = tmp_path_factory.mktemp("smollm2")
+    install_default(str(out), str(default_gguf))
+    return out

@@ -1,0 +1,24 @@
+"""Worker for tests/test_parallel.py: logits of a fixed batch under torchrun (any shard count)."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from llama.checkpoint import count_shards, load_model  # noqa: E402
+from llama.runtime import setup_runtime  # noqa: E402
+
+
+def main(ckpt: str, out: str) -> None:
+    rt = setup_runtime(model_parallel_size=count_shards(ckpt), device="cpu")
+    model = load_model(ckpt, rt.device, rt.dtype, rt.mp_rank, rt.mp_size)
+    ids = torch.arange(40).view(2, 20) * 7 % model.params.vocab_size
+    with torch.no_grad():
+        logits = model(ids)
+    if rt.is_main:
+        torch.save(logits, out)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

@@ -1,0 +1,136 @@
+"""llama.model against HF transformers' LlamaForCausalLM, and the KV cache against full forwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llama.checkpoint import load_model
+from llama.model import KVCache, ModelArgs, Transformer
+
+transformers = pytest.importorskip("transformers")
+
+TINY_CONFIGS = {
+    "mha_untied": dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
+    "gqa_tied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    "mqa_untied": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False),
+    "gqa_rope_scaled": dict(
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+    ),
+}
+
+
+def make_hf_checkpoint(path, seed: int = 0, **overrides):
+    """A random tiny LlamaForCausalLM saved as config.json + model.safetensors."""
+    cfg = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, vocab_size=300,
+               rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=256)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # norms start at 1: randomise them too
+            p.normal_(0, 0.2)
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+def tokens(n: int, vocab: int, bsz: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (bsz, n), generator=g)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_tiny_configs_match_hf(tmp_path, name):
+    hf = make_hf_checkpoint(tmp_path, **TINY_CONFIGS[name])
+    ours = load_model(str(tmp_path))
+    ids = tokens(80, 300)  # longer than the rope-scaling original length
+    with torch.no_grad():
+        expected = hf(ids).logits
+        got = ours(ids)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_default_model_matches_hf(default_gguf):
+    """The embedded SmolLM2-135M, read by us and by transformers from the same GGUF."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        default_gguf.parent, gguf_file=default_gguf.name, dtype=torch.float32).eval()
+    ours = load_model(str(default_gguf))
+    assert ours.params.n_layers == 30 and ours.params.dim == 576 and ours.params.kv_heads == 3
+    ids = tokens(48, ours.params.vocab_size)
+    with torch.no_grad():
+        diff = (ours(ids) - hf(ids).logits).abs().max().item()
+    assert diff <= 1e-3
+
+
+def random_model(seed: int = 0, **kw) -> Transformer:
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=200, multiple_of=32, **kw)
+    torch.manual_seed(seed)
+    model = Transformer(args)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+def test_kv_cache_incremental_equals_full():
+    model = random_model()
+    ids = tokens(30, 200, bsz=3)
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache.for_model(model, batch_size=3, max_seq_len=64)
+        parts = [model(ids[:, :12], 0, cache), model(ids[:, 12:20], 12, cache)]
+        parts += [model(ids[:, t:t + 1], t, cache) for t in range(20, 30)]
+    assert (torch.cat(parts, dim=1) - full).abs().max().item() <= 1e-4
+
+
+def test_shared_prefix_cache_reused_across_rows():
+    """A prefix computed once (batch 1) and copied under several different suffixes."""
+    model = random_model()
+    prefix, suffixes = tokens(16, 200, bsz=1), tokens(7, 200, bsz=3, seed=5)
+    with torch.no_grad():
+        full = model(torch.cat([prefix.expand(3, -1), suffixes], dim=1))[:, 16:]
+        pcache = KVCache.for_model(model, 1, 32)
+        model(prefix, 0, pcache)
+        cache = KVCache.for_model(model, 3, 32)
+        cache.copy_prefix(pcache, 16)
+        got = model(suffixes, 16, cache)
+    assert (got - full).abs().max().item() <= 1e-4
+
+
+def test_packed_continuations_with_tree_mask():
+    """Two continuations packed after one context, each seeing only the context and itself."""
+    model = random_model()
+    ctx, a, b = tokens(10, 200, bsz=1), tokens(3, 200, bsz=1, seed=2), tokens(2, 200, bsz=1, seed=3)
+    packed = torch.cat([ctx, a, b], dim=1)
+    n = packed.shape[1]
+    positions = torch.tensor([list(range(13)) + [10, 11]])
+    mask = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    mask[13:, 10:13] = False  # b must not see a
+    with torch.no_grad():
+        got = model(packed, positions=positions, mask=mask[None, None])
+        want_a = model(torch.cat([ctx, a], 1))
+        want_b = model(torch.cat([ctx, b], 1))
+    assert (got[:, :13] - want_a).abs().max().item() <= 1e-4
+    assert (got[:, 13:] - want_b[:, 10:]).abs().max().item() <= 1e-4
+
+
+def test_logits_at_selected_positions():
+    model = random_model(tie_word_embeddings=False)
+    ids = tokens(12, 200, bsz=2)
+    at = torch.tensor([[3, 11], [0, 5]])
+    with torch.no_grad():
+        full = model(ids)
+        sel = model(ids, logits_at=at)
+    assert sel.shape == (2, 2, 200)
+    assert torch.allclose(sel, torch.gather(full, 1, at[..., None].expand(-1, -1, 200)), atol=1e-5)
+
+
+def test_hidden_dim_rules():
+    # LLaMA-7B and Llama-3-8B FFN widths from their params.json values.
+    assert ModelArgs(dim=4096, multiple_of=256).hidden_dim == 11008
+    assert ModelArgs(dim=4096, multiple_of=1024, ffn_dim_multiplier=1.3).hidden_dim == 14336
+    args = ModelArgs.from_params({"dim": 512, "n_layers": 2, "n_heads": 8, "unknown_key": 1})
+    assert args.n_layers == 2 and args.kv_heads == 8

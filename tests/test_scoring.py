@@ -1,0 +1,108 @@
+"""LlamaLM.loglikelihood against HF transformers on the same strings, and fast == naive."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from classification.scoring import LlamaLM, _build_row, common_prefix_len
+from llama.checkpoint import load_model
+from llama.tokenizer import load_tokenizer
+
+DEMO = ("Article: Stocks rise as oil prices fall.\nCategory: Business\n"
+        "Article: Champions win the cup final in extra time.\nCategory: Sports\n")
+TEXTS = ["Rocket explodes at scrapyard, killing 10 people", "Intel's new chip doubles speed #39;s claim",
+         "Braces {text} and {label_word} stay literal", "Short"]
+LABELS = ["World", "Sports", "Business", "Science and technology", "Science fiction"]
+
+
+@pytest.fixture(scope="module")
+def smollm(default_model_dir):
+    tok = load_tokenizer(str(default_model_dir / "tokenizer.json"))
+    model = load_model(str(default_model_dir / "135M"), vocab_size=tok.n_words)
+    return model, tok
+
+
+def direct_requests():
+    return [(DEMO + f"Article: {t}\nCategory:", " " + label) for t in TEXTS for label in LABELS]
+
+
+def channel_requests():
+    return [(DEMO + f"Category: {label}\nArticle:", " " + t) for t in TEXTS for label in LABELS]
+
+
+def test_matches_hf_transformers_on_strings(smollm, default_gguf):
+    """Independent computation: HF model + HF tokenizer read from the GGUF, summed log-softmax."""
+    transformers = pytest.importorskip("transformers")
+    model, tok = smollm
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        default_gguf.parent, gguf_file=default_gguf.name, dtype=torch.float32).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name)
+    lm = LlamaLM(model, tok, append_eos=True, scoring="fast")
+    requests = direct_requests()[:10]
+    ours = lm.loglikelihood(requests)
+    for (ctx, cont), got in zip(requests, ours):
+        whole = hf_tok(ctx + cont, add_special_tokens=False)["input_ids"]
+        n_ctx = len(hf_tok(ctx, add_special_tokens=False)["input_ids"])
+        ids = torch.tensor([whole + [hf_tok.eos_token_id]])
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(ids).logits[0].float(), -1)
+        want = sum(logp[p - 1, ids[0, p]].item() for p in range(n_ctx, ids.shape[1]))
+        assert abs(got - want) <= 1e-3
+
+
+@pytest.mark.parametrize("append_eos", [True, False])
+def test_fast_equals_naive(smollm, append_eos):
+    model, tok = smollm
+    requests = direct_requests() + channel_requests()
+    naive = LlamaLM(model, tok, 4, append_eos, "naive").loglikelihood(requests)
+    fast_lm = LlamaLM(model, tok, 16, append_eos, "fast")
+    fast = fast_lm.loglikelihood(requests)
+    assert max(abs(a - b) for a, b in zip(naive, fast)) <= 1e-4
+    # Batch composition does not change results: one row per batch vs big batches.
+    tiny = LlamaLM(model, tok, 1, append_eos, "fast", max_batch_tokens=1).loglikelihood(requests)
+    assert max(abs(a - b) for a, b in zip(tiny, fast)) <= 1e-4
+
+
+def test_shared_first_tokens_share_trie_nodes(smollm):
+    _, tok = smollm
+    a = tok.encode(" Science and technology", bos=False, eos=False)
+    b = tok.encode(" Science fiction", bos=False, eos=False)
+    assert a[0] == b[0] and a != b
+    row = _build_row([5, 6, 7], [(0, a + [2]), (1, b + [2])])
+    # " Science" is fed once; each label's remaining tokens hang below it.
+    assert row.tokens.count(a[0]) == 1
+    assert len(row.tokens) == 3 + 1 + (len(a) - 1) + (len(b) - 1)
+    first_preds = {req: preds[0] for req, preds in row.targets}
+    assert first_preds[0] == first_preds[1] == (2, a[0])
+
+
+def test_multi_token_labels_scored_right(smollm):
+    """Labels with shared first tokens equal separate single-pair scores."""
+    model, tok = smollm
+    ctx = DEMO + "Article: A new telescope finds a planet.\nCategory:"
+    labels = [" Science and technology", " Science fiction", " Science", " Sports"]
+    lm = LlamaLM(model, tok, append_eos=False, scoring="fast")
+    together = lm.loglikelihood([(ctx, x) for x in labels])
+    alone = [LlamaLM(model, tok, append_eos=False, scoring="naive").loglikelihood([(ctx, x)])[0] for x in labels]
+    assert max(abs(a - b) for a, b in zip(together, alone)) <= 1e-4
+
+
+def test_joint_tokenization_scores_space_prefixed_label(smollm):
+    model, tok = smollm
+    lm = LlamaLM(model, tok, append_eos=False)
+    ctx, cont = lm.encode_pair("Category:", " World")
+    assert tok.decode(cont) == " World" and len(cont) == 1
+    assert cont == tok.encode(" World", bos=False, eos=False)
+
+
+def test_too_long_request_is_a_clear_error(smollm):
+    model, tok = smollm
+    lm = LlamaLM(model, tok)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        lm.loglikelihood([("word " * (model.params.max_seq_len + 10), " World")])
+
+
+def test_common_prefix_len():
+    assert common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_len([[1], [2]]) == 0

@@ -1,7 +1,5 @@
 """Contextual calibration (Zhao et al. 2021) of a direct run's label probabilities."""
 
-from typing import Optional, Sequence, Union
-
 import fire
 
 from classification.cli import cli
@@ -13,23 +11,26 @@ def main(
     direct_input_path: str = "samples/inputs_direct_ag_news.json",
     direct_output_path: str = "samples/outputs_direct_ag_news.json",
     output_path: str = "samples/outputs_direct_calibrate_ag_news.json",
-    ckpt_dir: str = DEFAULT_CKPT_DIR,
-    tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
-    max_seq_len: int = 2048,
-    max_batch_size: int = 16,
-    dtype: Optional[str] = None,
-    device: Optional[str] = None,
-    scoring: str = "fast",
-    completion_end: str = "eos",
-    content_free: Union[str, Sequence[str]] = ("N/A",),
+    ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
+    max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
+    device: str | None = None, scoring: str = "fast", completion_end: str = "eos",
+    content_free: str | list[str] = ("N/A",),
 ) -> None:
-    """Divide the direct label probabilities by those of content-free inputs, renormalise, argmax.
+    """Divide the direct run's label probabilities by a content-free input's, renormalise, argmax.
 
-    direct_input_path, direct_output_path: the direct run's input and output JSON (only the
-    content-free inputs are scored here). output_path: output JSON; metrics go to <stem>.metrics.json.
-    ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, completion_end:
-    as for run_evaluate_direct_llama.py (use the direct run's values).
-    content_free: content-free text or list, e.g. --content_free='["N/A","","[MASK]"]' (averaged).
+    Args:
+        direct_input_path: the direct run's input JSON.
+        direct_output_path: the direct run's output JSON (its log_probs are reused, not recomputed).
+        output_path: output JSON, one record per input; metrics go to <stem>.metrics.json.
+        ckpt_dir: checkpoint directory of the model (the direct run's).
+        tokenizer_path: the model's tokenizer file (tokenizer.model or tokenizer.json).
+        max_seq_len: longest sequence in tokens.
+        max_batch_size: most sequences in one forward pass.
+        dtype: fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).
+        device: cpu or cuda (default: cuda when available).
+        scoring: fast (prompt prefix computed once) or naive (every sequence in full).
+        completion_end: eos, none or newline: the value the direct run used.
+        content_free: text or list of texts, averaged: --content_free='["N/A","","[MASK]"]'.
     """
     args = locals()
     evaluate("calibrate", data_path=args.pop("direct_input_path"), **args)

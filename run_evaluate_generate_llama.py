@@ -1,6 +1,4 @@
-"""Generation: continue the direct prompt greedily and read the label word it starts with."""
-
-from typing import Optional
+"""Generation: continue the direct prompt and read the label word the continuation starts with."""
 
 import fire
 
@@ -12,24 +10,26 @@ from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, eval
 def main(
     data_path: str = "samples/inputs_direct_ag_news.json",
     output_path: str = "samples/outputs_generate_ag_news.json",
-    ckpt_dir: str = DEFAULT_CKPT_DIR,
-    tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
-    max_seq_len: int = 2048,
-    max_batch_size: int = 16,
-    dtype: Optional[str] = None,
-    device: Optional[str] = None,
-    scoring: str = "fast",
-    max_gen_len: int = 10,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
+    ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
+    max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
+    device: str | None = None, scoring: str = "fast",
+    max_gen_len: int = 10, temperature: float = 0.0, top_p: float = 1.0,
 ) -> None:
-    """Generate after each direct prompt (stop at newline/EOS); unparsable output counts as "none".
+    """Generate after each direct prompt until a newline or EOS; an unparsable answer is "none".
 
-    data_path, output_path: direct input JSON; output JSON (metrics go to <stem>.metrics.json).
-    ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring:
-    as for run_evaluate_direct_llama.py.
-    max_gen_len: most generated tokens. temperature: 0 = greedy; above 0 samples with top_p.
-    top_p: nucleus sampling mass (used only when temperature > 0).
+    Args:
+        data_path: input JSON written by run_preprocess_direct_ag_news.py.
+        output_path: output JSON, one record per input; metrics go to <stem>.metrics.json.
+        ckpt_dir: checkpoint directory of the model.
+        tokenizer_path: the model's tokenizer file (tokenizer.model or tokenizer.json).
+        max_seq_len: longest sequence in tokens; test texts are shortened to leave max_gen_len.
+        max_batch_size: most sequences in one forward pass.
+        dtype: fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).
+        device: cpu or cuda (default: cuda when available).
+        scoring: fast or naive (how the model is set up; generation is the same either way).
+        max_gen_len: most generated tokens.
+        temperature: 0 for greedy decoding; above 0 samples.
+        top_p: nucleus sampling mass, used when temperature > 0.
     """
     evaluate("generate", **locals())
 

@@ -1,7 +1,5 @@
 """Write ag_news input records for channel classification (see classification.data.preprocess)."""
 
-from typing import Optional
-
 import fire
 
 from classification.cli import cli
@@ -14,17 +12,18 @@ def main(
     sample: bool = True,
     k: int = 1,
     seed: int = 42,
-    data_dir: Optional[str] = None,
+    data_dir: str | None = None,
     n_sample: int = 16,
 ) -> None:
-    """Build channel prompts with k demonstrations per class and write them as JSON.
+    """Build channel prompts with k demonstrations per class and write the records as JSON.
 
-    data_path: output JSON file of records (prompt, completion, text, label_words, ground_truth, index).
-    sample: True for a stratified sample of n_sample test examples, False (--nosample) for all 7,600.
-    k: demonstrations per class, drawn from the train split (0 for zero-shot).
-    seed: random seed for the demonstrations, their order and the test sample.
-    data_dir: directory with ag_news_csv train.csv/test.csv; default None reads the Hugging Face hub.
-    n_sample: test examples in the sample (spread evenly over the classes).
+    Args:
+        data_path: output JSON (records: prompt, completion, text, label_words, ground_truth, index).
+        sample: True for a stratified sample of n_sample test examples; --nosample for all 7,600.
+        k: demonstrations per class, drawn from the train split (0 for zero-shot).
+        seed: random seed of the demonstrations, their order and the test sample.
+        data_dir: directory with ag_news_csv train.csv and test.csv; None reads the Hugging Face hub.
+        n_sample: size of the test sample, spread evenly over the classes.
     """
     preprocess("channel", data_path, sample=sample, k=k, seed=seed, data_dir=data_dir, n_sample=n_sample)
 

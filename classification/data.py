@@ -14,15 +14,13 @@ An input record (the JSON format of the original project, plus ``index``)::
 from __future__ import annotations
 
 import csv
-import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from classification.errors import ClassificationError
+from classification.fileio import check_output_path, write_json_atomic
 from classification.templates import AG_NEWS_LABEL_WORDS, TEMPLATES, build_prompt, has_placeholder
 
 N_CLASSES = len(AG_NEWS_LABEL_WORDS)
@@ -171,29 +169,6 @@ def build_records(
     ]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json_atomic(path: str, obj: Any, indent: Optional[int] = None) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=indent)
-            f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def preprocess(
     method: str,
     data_path: str,
@@ -206,14 +181,9 @@ def preprocess(
     """Build ag_news input records for ``method`` and write them to ``data_path`` (JSON list)."""
     if method not in TEMPLATES:
         raise ClassificationError(f"unknown method {method!r} for inputs; use one of {sorted(TEMPLATES)}")
-    target = Path(data_path)
-    if target.is_dir():
-        raise ClassificationError(f"--data_path {data_path} is a directory; give a .json file path")
+    check_output_path(data_path, "--data_path")
     train, test = load_ag_news(data_dir)
     records = build_records(method, train, test, k=k, seed=seed, sample=sample, n_sample=n_sample)
-    try:
-        write_json_atomic(data_path, records, indent=2)
-    except OSError as e:
-        raise ClassificationError(f"cannot write --data_path {data_path}: {e.strerror or e}") from None
+    write_json_atomic(data_path, records, indent=2)
     print(f"Wrote {len(records)} {method} records ({k} demonstration(s) per class) to {data_path}")
     return records

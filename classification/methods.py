@@ -69,7 +69,9 @@ def count_tokens(lm: LanguageModel, context: str, continuation: str = "", eos: b
     return len(tok.encode(context + continuation, bos=bool(tok.add_bos), eos=False)) + (1 if eos else 0)
 
 
-def fit_text(lm: LanguageModel, text: str, needed: Callable[[str], int], what: str = "the prompt") -> Tuple[str, bool]:
+def fit_text(
+    lm: LanguageModel, text: str, needed: Callable[[str], int], what: str = "the prompt"
+) -> Tuple[str, bool]:
     """Shorten ``text`` (cutting its tokens from the end) until ``needed(text) <= lm.max_seq_len``.
 
     Returns (text, shortened).  Raises :class:`ClassificationError` only when even an empty
@@ -126,7 +128,8 @@ def score_labels(lm: LanguageModel, records: Sequence[Record], completion_end: s
     shortened: List[bool] = []
     requests: List[Tuple[str, str]] = []
     for pos, record in enumerate(records):
-        text, cut = fit_text(lm, record["text"], _loglikelihood_needed(lm, record, suffix), f"record {pos}'s prompt")
+        needed = _loglikelihood_needed(lm, record, suffix)
+        text, cut = fit_text(lm, record["text"], needed, f"record {pos}'s prompt")
         texts.append(text)
         shortened.append(cut)
         requests.extend(request(record, text, word, suffix) for word in record["label_words"])
@@ -194,7 +197,9 @@ def calibrate_log_probs(log_probs: Sequence[float], p_cf: Sequence[float]) -> Li
     return [math.log(w / total) if w > 0 else float("-inf") for w in weighted]
 
 
-def calibrate(direct_log_probs: Sequence[Sequence[float]], label_words: Sequence[str], p_cf: Sequence[float]) -> List[Result]:
+def calibrate(
+    direct_log_probs: Sequence[Sequence[float]], label_words: Sequence[str], p_cf: Sequence[float]
+) -> List[Result]:
     """Calibrated ``log_probs`` and argmax ``prediction`` for each direct result."""
     results: List[Result] = []
     for log_probs in direct_log_probs:
@@ -228,7 +233,8 @@ def generate(
         def needed(text: str, record: Record = record) -> int:
             return count_tokens(lm, fill(record["prompt"], text=text)) + max_gen_len
 
-        text, cut = fit_text(lm, record["text"], needed, f"record {pos}'s prompt plus --max_gen_len {max_gen_len}")
+        what = f"record {pos}'s prompt plus --max_gen_len {max_gen_len}"
+        text, cut = fit_text(lm, record["text"], needed, what)
         contexts.append(fill(record["prompt"], text=text))
         shortened.append(cut)
     generations = (

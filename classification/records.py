@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -13,19 +12,12 @@ REQUIRED_KEYS = ("prompt", "completion", "text", "label_words", "ground_truth")
 METHODS = ("direct", "calibrate", "channel", "generate")
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_json(path: str, what: str, flag: str) -> Any:
     """Parse a JSON file, turning a missing file or bad JSON into a one-line error."""
     p = Path(path)
     if not p.is_file():
-        hint = "; create it with run_preprocess_*_ag_news.py" if flag in ("--data_path", "--direct_input_path") else ""
+        inputs = flag in ("--data_path", "--direct_input_path")
+        hint = "; create it with run_preprocess_*_ag_news.py" if inputs else ""
         raise ClassificationError(f"{flag} {path}: {what} file not found{hint}")
     try:
         with open(p, encoding="utf-8") as f:

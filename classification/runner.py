@@ -31,11 +31,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from tqdm import tqdm
 
 from classification import methods
-from classification.data import write_json_atomic
 from classification.errors import ClassificationError
+from classification.fileio import check_output_path, file_sha256, write_json_atomic
 from classification.lm import LanguageModel
 from classification.metrics import classification_metrics
-from classification.records import METHODS, file_sha256, load_direct_outputs, load_records
+from classification.records import METHODS, load_direct_outputs, load_records
 
 DEFAULT_CKPT_DIR = "checkpoints/smollm2/135M"
 DEFAULT_TOKENIZER_PATH = "checkpoints/smollm2/tokenizer.json"
@@ -81,23 +81,6 @@ def shard(positions: Sequence[int], dp_rank: int, dp_size: int) -> List[int]:
     return list(positions[dp_rank::dp_size])
 
 
-def check_output_path(path: str, flag: str = "--output_path", inputs: Sequence[str] = ()) -> None:
-    """Fail now, before any scoring, if ``path`` cannot be written."""
-    p = Path(path)
-    if p.is_dir():
-        raise ClassificationError(f"{flag} {path} is a directory; give a .json file path")
-    for other in inputs:
-        if other and p.resolve() == Path(other).resolve():
-            raise ClassificationError(f"{flag} {path} would overwrite an input file; choose another path")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=str(p.parent), prefix=f".{p.name}.", suffix=".check")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise ClassificationError(f"{flag} {path}: cannot write to {p.parent}: {e.strerror or e}") from None
-
-
 def load_model(
     ckpt_dir: str,
     tokenizer_path: str,
@@ -130,7 +113,9 @@ def load_model(
 # Partial results
 
 
-def read_partials(output_path: str, fingerprint: Dict[str, Any], n: int) -> Tuple[Dict[int, Result], Dict[str, List[str]]]:
+def read_partials(
+    output_path: str, fingerprint: Dict[str, Any], n: int
+) -> Tuple[Dict[int, Result], Dict[str, List[str]]]:
     """Results already in partial files made with ``fingerprint``; also each file's valid lines.
 
     Lines that do not parse (a line cut short by a kill) are skipped; files with another
@@ -234,6 +219,77 @@ def _check_direct_run(direct_output_path: str, completion_end: str) -> None:
         )
 
 
+def run_resumable(
+    score: Callable[[List[int]], List[Result]],
+    order: Sequence[int],
+    output_path: str,
+    fingerprint: Dict[str, Any],
+    runtime: Any,
+    chunk_size: int = CHUNK_SIZE,
+    desc: str = "",
+) -> Optional[Tuple[Dict[int, Result], int]]:
+    """Score every position of ``order`` once, in chunks, across data-parallel ranks, resumably.
+
+    Positions already in partial files with this ``fingerprint`` are skipped; the rest are
+    strided over the ranks (:func:`shard`), and each rank appends its results to its own partial
+    file after every chunk.  Returns ({position: result}, number resumed) on the main rank, None
+    on the others.
+    """
+    is_main = bool(runtime.is_main)
+    dp_rank, dp_size = int(runtime.dp_rank), int(runtime.dp_size)
+    done, lines_by_file = read_partials(output_path, fingerprint, len(order))
+    runtime.barrier()  # every rank has read the partial files before any rank rewrites its own
+    mine = shard([p for p in order if p not in done], dp_rank, dp_size)
+    if is_main and done:
+        print(f"Resuming: {len(done)} of {len(order)} examples already scored in {output_path}.partial*")
+    own = partial_path(output_path, dp_rank, dp_size)
+    # Model-parallel ranks of one group score the same share; one of them writes it down.
+    writer = PartialWriter(own, fingerprint, lines_by_file.get(own)) if getattr(runtime, "mp_rank", 0) == 0 else None
+    new: List[Tuple[int, Result]] = []
+    try:
+        with tqdm(total=len(mine), desc=desc, unit="ex", disable=not is_main) as bar:
+            for i in range(0, len(mine), chunk_size):
+                positions = mine[i : i + chunk_size]
+                entries = list(zip(positions, score(positions)))
+                if writer is not None:
+                    writer.append(entries)
+                new.extend(entries)
+                bar.update(len(positions))
+    finally:
+        if writer is not None:
+            writer.close()
+    gathered = runtime.all_gather_object(new)
+    if not is_main:
+        return None
+    results = dict(done)
+    for part in gathered:
+        for pos, result in part:
+            results.setdefault(pos, result)
+    missing = [p for p in order if p not in results]
+    if missing:
+        raise RuntimeError(f"{len(missing)} examples have no result (first: record {missing[0]})")
+    return results, len(done)
+
+
+def build_outputs(records: Sequence[Dict[str, Any]], results: Dict[int, Result], method: str) -> List[Dict[str, Any]]:
+    """One output record per input record, in input order."""
+    outputs = []
+    for pos, rec in enumerate(records):
+        r = results[pos]
+        out = {
+            "index": rec["index"],
+            "ground_truth": rec["ground_truth"],
+            "prediction": r["prediction"],
+            "correct": r["prediction"] == rec["ground_truth"],
+            "log_probs": r.get("log_probs"),
+            "shortened": bool(r.get("shortened", False)),
+        }
+        if method == "generate":
+            out["generation"] = r.get("generation", "")
+        outputs.append(out)
+    return outputs
+
+
 def evaluate(
     method: str,
     data_path: str,
@@ -265,7 +321,9 @@ def evaluate(
     Returns the metrics on the main rank, None elsewhere.
     """
     start = time.time()
-    _check_flags(method, scoring, completion_end, max_seq_len, max_batch_size, max_gen_len, temperature, top_p, chunk_size)
+    _check_flags(
+        method, scoring, completion_end, max_seq_len, max_batch_size, max_gen_len, temperature, top_p, chunk_size
+    )
     cf_texts = _content_free_list(content_free)
     records = load_records(data_path, method)
     label_words: List[str] = records[0]["label_words"]
@@ -273,7 +331,9 @@ def evaluate(
     inputs = [data_path]
     if method == "calibrate":
         if not direct_output_path:
-            raise ClassificationError("calibrate needs --direct_output_path (the output of run_evaluate_direct_llama.py)")
+            raise ClassificationError(
+                "calibrate needs --direct_output_path (the output of run_evaluate_direct_llama.py)"
+            )
         if not cf_texts:
             raise ClassificationError("--content_free needs at least one content-free text, e.g. N/A")
         direct_outputs = load_direct_outputs(direct_output_path, records)
@@ -296,8 +356,6 @@ def evaluate(
             f"--completion_end {completion_end} needs a model built with append_eos={completion_end == 'eos'}"
         )
     runtime = runtime if runtime is not None else LocalRuntime()
-    is_main = bool(runtime.is_main)
-    dp_rank, dp_size = int(runtime.dp_rank), int(runtime.dp_size)
 
     fingerprint: Dict[str, Any] = {
         "method": method,
@@ -337,51 +395,11 @@ def evaluate(
 
     # Longest texts first (even batches, early failure on memory); ties in record order.
     order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
-    done, lines_by_file = read_partials(output_path, fingerprint, len(records))
-    runtime.barrier()  # every rank has read the partial files before any rank rewrites its own
-    mine = shard([p for p in order if p not in done], dp_rank, dp_size)
-    writes = getattr(runtime, "mp_rank", 0) == 0
-    own = partial_path(output_path, dp_rank, dp_size)
-    if is_main and done:
-        print(f"Resuming: {len(done)} of {len(records)} examples already scored in {output_path}.partial*")
-    new: List[Tuple[int, Result]] = []
-    writer = PartialWriter(own, fingerprint, lines_by_file.get(own)) if writes else None
-    try:
-        with tqdm(total=len(mine), desc=method, unit="ex", disable=not is_main) as bar:
-            for i in range(0, len(mine), chunk_size):
-                positions = mine[i : i + chunk_size]
-                entries = list(zip(positions, score(positions)))
-                if writer is not None:
-                    writer.append(entries)
-                new.extend(entries)
-                bar.update(len(positions))
-    finally:
-        if writer is not None:
-            writer.close()
-    gathered = runtime.all_gather_object(new)
+    gathered = run_resumable(score, order, output_path, fingerprint, runtime, chunk_size, desc=method)
     metrics: Optional[Dict[str, Any]] = None
-    if is_main:
-        results = dict(done)
-        for part in gathered:
-            for pos, result in part:
-                results.setdefault(pos, result)
-        missing = [p for p in range(len(records)) if p not in results]
-        if missing:
-            raise RuntimeError(f"{len(missing)} examples have no result (first: record {missing[0]})")
-        outputs = []
-        for pos, rec in enumerate(records):
-            r = results[pos]
-            out = {
-                "index": rec["index"],
-                "ground_truth": rec["ground_truth"],
-                "prediction": r["prediction"],
-                "correct": r["prediction"] == rec["ground_truth"],
-                "log_probs": r.get("log_probs"),
-                "shortened": bool(r.get("shortened", False)),
-            }
-            if method == "generate":
-                out["generation"] = r.get("generation", "")
-            outputs.append(out)
+    if gathered is not None:
+        results, n_resumed = gathered
+        outputs = build_outputs(records, results, method)
         metrics = classification_metrics(
             [o["ground_truth"] for o in outputs],
             [o["prediction"] for o in outputs],
@@ -395,13 +413,13 @@ def evaluate(
             data_path=data_path,
             output_path=output_path,
             n_shortened=sum(o["shortened"] for o in outputs),
-            n_resumed=len(done),
+            n_resumed=n_resumed,
             wall_time_s=round(time.time() - start, 3),
             max_seq_len=max_seq_len,
             dtype=dtype,
             device=device,
             scoring=scoring,
-            dp_size=dp_size,
+            dp_size=int(runtime.dp_size),
         )
         if method == "generate":
             metrics.update(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)

@@ -1,0 +1,142 @@
+"""Naive vs fast scoring on the same ag_news examples, in one run on one machine.
+
+    python benchmarks/bench_scoring.py --n_examples 64
+    python benchmarks/bench_scoring.py --random_init params_7b.json --dtype bf16 --n_examples 7600
+
+Per method it prints examples/s, tokens through the model, speed-up, the largest log-prob
+difference between the two paths, and whether every prediction is identical.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import fire
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from classification import methods as icl  # noqa: E402
+from classification.data import build_records, load_ag_news  # noqa: E402
+from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # noqa: E402
+from classification.scoring import LlamaLM  # noqa: E402
+from llama.checkpoint import load_model  # noqa: E402
+from llama.model import ModelArgs, Transformer  # noqa: E402
+from llama.runtime import resolve_dtype  # noqa: E402
+from llama.tokenizer import load_tokenizer  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news"
+
+
+def random_model(params_path: str, vocab_size: int, device: torch.device, dtype: torch.dtype,
+                 max_seq_len: int) -> Transformer:
+    """A model of the shape in params.json with random weights (for timing without weights)."""
+    args = ModelArgs.from_params(json.loads(Path(params_path).read_text()), max_seq_len=max_seq_len)
+    if args.vocab_size <= 0:
+        args.vocab_size = vocab_size
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = model.to_empty(device=device).to(dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    return model.eval().requires_grad_(False)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _run(lm: LlamaLM, method: str, records: List[dict]) -> Dict[str, object]:
+    lm.tokens_processed = 0
+    lm._prefix = None  # every timed run computes its own prefix
+    _sync(lm.device)
+    start = time.perf_counter()
+    if method == "calibrate":
+        results = icl.direct(lm, records["direct"])
+        p_cf = icl.content_free_probs(lm, records["direct"][0])
+        results = icl.calibrate([r["log_probs"] for r in results], records["direct"][0]["label_words"], p_cf)
+    else:
+        results = getattr(icl, method)(lm, records[method])
+    _sync(lm.device)
+    return {"seconds": time.perf_counter() - start, "tokens": lm.tokens_processed, "results": results}
+
+
+def main(
+    n_examples: int = 64,
+    k: int = 1,
+    seed: int = 42,
+    methods: str = "direct,calibrate,channel",
+    ckpt_dir: str = DEFAULT_CKPT_DIR,
+    tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
+    random_init: Optional[str] = None,
+    dtype: Optional[str] = None,
+    device: Optional[str] = None,
+    max_batch_size: int = 16,
+    max_batch_tokens: Optional[int] = None,
+    max_seq_len: int = 2048,
+    data_dir: str = str(DEFAULT_DATA),
+    skip_naive: bool = False,
+) -> None:
+    """Time naive and fast scoring per method and print a Markdown table.
+
+    Args:
+        n_examples: stratified ag_news test examples (7600 = the whole split).
+        k: demonstrations per class in the prompt.
+        seed: seed of demonstrations and sample.
+        methods: comma-separated subset of direct, calibrate (= direct + content-free), channel.
+        ckpt_dir: checkpoint to load (ignored with --random_init).
+        tokenizer_path: tokenizer file.
+        random_init: a params.json: random weights of that shape instead of a checkpoint.
+        dtype: fp32, bf16 or fp16 (default fp32 on CPU, fp16 on CUDA).
+        device: cpu or cuda (default cuda when available).
+        max_batch_size: upper bound on rows per forward pass.
+        max_batch_tokens: token budget per forward pass of the fast path (default by device).
+        max_seq_len: longest sequence.
+        data_dir: ag_news_csv directory (train.csv/test.csv).
+        skip_naive: time the fast path only (the naive path on 7,600 examples takes long).
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dt = resolve_dtype(dtype, dev)
+    tok = load_tokenizer(tokenizer_path)
+    if random_init:
+        model = random_model(random_init, tok.n_words, dev, dt, max_seq_len)
+        model_name = f"random init {random_init}"
+    else:
+        model = load_model(ckpt_dir, dev, dt, max_seq_len=max_seq_len, vocab_size=tok.n_words)
+        model_name = ckpt_dir
+    train, test = load_ag_news(data_dir)
+    sample = n_examples < len(test)
+    records = {m: build_records(m, train, test, k=k, seed=seed, sample=sample, n_sample=n_examples)
+               for m in ("direct", "channel")}
+    wanted = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
+    print(f"model: {model_name} | device: {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}, "
+          f"{torch.get_num_threads()} threads) | dtype: {dt} | examples: {len(records['direct'])} | k: {k}")
+    print("| method | naive ex/s | fast ex/s | naive tokens | fast tokens | speed-up | max abs Δ log-prob | same predictions |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method in wanted:
+        fast = _run(LlamaLM(model, tok, max_batch_size, True, "fast", max_batch_tokens), method, records)
+        n = len(records["direct"])
+        if skip_naive:
+            print(f"| {method} | - | {n / fast['seconds']:.2f} | - | {fast['tokens']:,} | - | - | - |"
+                  f"  ({fast['seconds']:.1f} s)")
+            continue
+        naive = _run(LlamaLM(model, tok, max_batch_size, True, "naive"), method, records)
+        delta = max(abs(a - b) for ra, rb in zip(naive["results"], fast["results"])
+                    for a, b in zip(ra["log_probs"], rb["log_probs"]))
+        same = all(ra["prediction"] == rb["prediction"] for ra, rb in zip(naive["results"], fast["results"]))
+        print(f"| {method} | {n / naive['seconds']:.2f} | {n / fast['seconds']:.2f} | {naive['tokens']:,} | "
+              f"{fast['tokens']:,} | {naive['seconds'] / fast['seconds']:.1f}x | {delta:.2e} | {same} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

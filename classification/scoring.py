@@ -1,7 +1,8 @@
 """``LlamaLM``: the LanguageModel interface over a llama.Transformer, with two scoring paths.
 
-naive  The original's rule: every (context, continuation) pair is one full sequence.  Kept as the
-       baseline that speed claims are measured against, and as a correctness oracle.
+naive  The original's algorithm: every (context, continuation) pair is one full sequence, with
+       logits at every position.  Kept as the baseline that speed claims are measured against,
+       and as a correctness oracle.
 fast   The shared demonstration prefix is computed once and its KV cache reused; requests with
        the same context are packed into one row (context suffix once, then every continuation
        as a branch of a token trie under a tree attention mask); rows are bucketed by length and
@@ -66,6 +67,25 @@ def _build_row(ctx_suffix: List[int], conts: List[Tuple[int, List[int]]]) -> _Ro
             at = nodes[key]
         row.targets.append((req, preds))
     return row
+
+
+def _split_group(n_ctx: int, conts: List[Tuple[int, List[int]]]) -> List[List[Tuple[int, List[int]]]]:
+    """Continuations of one context, split into rows.
+
+    Packing shares the context suffix but makes attention grow with the packed length: short
+    continuations (label words) share one row; long ones (channel's texts) get a row each and
+    repeat the context suffix, which is then short.
+    """
+    budget = max(2 * n_ctx, n_ctx + 32)
+    parts: List[List[Tuple[int, List[int]]]] = []
+    size = budget + 1
+    for req, cont in conts:
+        if size + len(cont) - 1 > budget:
+            parts.append([])
+            size = n_ctx
+        parts[-1].append((req, cont))
+        size += len(cont) - 1
+    return parts
 
 
 class LlamaLM:
@@ -134,20 +154,17 @@ class LlamaLM:
             batch = order[start: start + self.max_batch_size]
             seqs = [pairs[i][0] + pairs[i][1][:-1] for i in batch]
             width = max(len(s) for s in seqs)
-            n_sel = max(len(pairs[i][1]) for i in batch)
             tokens = torch.full((len(batch), width), self.tokenizer.eos_id, dtype=torch.long)
-            logits_at = torch.zeros((len(batch), n_sel), dtype=torch.long)
-            for r, (s, i) in enumerate(zip(seqs, batch)):
+            for r, s in enumerate(seqs):
                 tokens[r, : len(s)] = torch.tensor(s)
-                ctx_len, cont_len = len(pairs[i][0]), len(pairs[i][1])
-                logits_at[r, :cont_len] = torch.arange(ctx_len - 1, ctx_len - 1 + cont_len)
-            # Full sequences as the original; only the output head is limited to scored positions.
-            logits = self.model(tokens.to(self.device), logits_at=logits_at.to(self.device))
+            # As the original: logits and log-softmax at every position of every full sequence.
+            logp = torch.log_softmax(self.model(tokens.to(self.device)), dim=-1)
             self.tokens_processed += sum(len(s) for s in seqs)
-            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
             for r, i in enumerate(batch):
-                cont = pairs[i][1]
-                out[i] = logp[r, torch.arange(len(cont)), torch.tensor(cont)].sum().item()
+                ctx, cont = pairs[i]
+                pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont), device=logp.device)
+                out[i] = logp[r, pos, torch.tensor(cont, device=logp.device)].sum().item()
+            del logp
         return out
 
     def _prefix_cache(self, prefix: List[int]) -> KVCache:
@@ -167,22 +184,23 @@ class LlamaLM:
         groups: Dict[Tuple[int, ...], List[int]] = {}
         for i, ctx in enumerate(contexts):
             groups.setdefault(tuple(ctx), []).append(i)
-        rows = [_build_row(list(ctx[plen:]), [(i, pairs[i][1]) for i in idx]) for ctx, idx in groups.items()]
+        rows = [_build_row(list(ctx[plen:]), part) for ctx, idx in groups.items()
+                for part in _split_group(len(ctx) - plen, [(i, pairs[i][1]) for i in idx])]
         rows.sort(key=lambda r: len(r.tokens))
         prefix = self._prefix_cache(contexts[0][:plen])
         out = [0.0] * len(pairs)
-        for batch in self._batches(rows, plen):
+        for batch in self._batches(rows):
             self._score_rows(batch, prefix, plen, out)
         return out
 
-    def _batches(self, rows: List[_Row], plen: int) -> List[List[_Row]]:
-        """Consecutive rows (sorted by length) while rows x (prefix + longest row) fits the budget."""
+    def _batches(self, rows: List[_Row]) -> List[List[_Row]]:
+        """Consecutive rows (sorted by length) while rows x longest row fits the token budget."""
         batches: List[List[_Row]] = []
         for row in rows:
             if batches:
                 cur = batches[-1]
                 n = len(cur) + 1
-                if n <= self.max_batch_size and n * (plen + len(row.tokens)) <= max(self.max_batch_tokens, plen + len(row.tokens)):
+                if n <= self.max_batch_size and n * len(row.tokens) <= self.max_batch_tokens:
                     cur.append(row)
                     continue
             batches.append([row])
@@ -240,10 +258,19 @@ class LlamaLM:
     ) -> List[str]:
         bos = bool(getattr(self.tokenizer, "add_bos", True))
         prompts = [self.tokenizer.encode(c, bos=bos, eos=False) for c in contexts]
+        if not prompts:
+            return []
+        plen = 0
+        if self.scoring == "fast":  # the demonstrations are computed once, as in scoring
+            plen = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1)
         out: List[str] = []
-        for start in range(0, len(prompts), self.max_batch_size):
-            batch = prompts[start: start + self.max_batch_size]
-            out += generate(self.model, self.tokenizer, batch, max_gen_len, temperature, top_p, stop, seed)
+        with torch.no_grad():
+            prefix = self._prefix_cache(prompts[0][:plen])
+            for start in range(0, len(prompts), self.max_batch_size):
+                batch = [p[plen:] for p in prompts[start: start + self.max_batch_size]]
+                self.tokens_processed += sum(len(p) for p in batch)
+                out += generate(self.model, self.tokenizer, batch, max_gen_len, temperature, top_p, stop, seed,
+                                prefix=prefix, prefix_len=plen)
         return out
 
 

@@ -38,32 +38,44 @@ def generate(
     top_p: float = 1.0,
     stop: Sequence[str] = (),
     seed: Optional[int] = None,
+    prefix: Optional[KVCache] = None,
+    prefix_len: int = 0,
 ) -> List[str]:
     """Continue each prompt (token ids) for at most ``max_gen_len`` tokens.
 
     Greedy when temperature is 0.  Each output is cut before EOS or the first stop string.
+    prefix/prefix_len: a cache holding ``prefix_len`` tokens shared by every prompt (one row);
+    ``prompt_tokens`` are then what follows that prefix.
     """
     bsz = len(prompt_tokens)
     device = model.tok_embeddings.weight.device
     lengths = [len(t) for t in prompt_tokens]
     width = max(lengths)
-    total = width + max_gen_len
+    total = prefix_len + width + max_gen_len
     if total > model.params.max_seq_len:
-        raise ValueError(f"prompt of {width} tokens + {max_gen_len} new ones exceeds max_seq_len {model.params.max_seq_len}")
+        raise ValueError(f"prompt of {prefix_len + width} tokens + {max_gen_len} new ones exceeds max_seq_len {model.params.max_seq_len}")
+    if min(lengths) < 1:
+        raise ValueError("every prompt needs at least one token after the shared prefix")
     pad = torch.tensor([width - n for n in lengths], device=device)
     tokens = torch.full((bsz, width), tokenizer.eos_id, dtype=torch.long, device=device)
     for row, ids in enumerate(prompt_tokens):
         tokens[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long, device=device)
-    slots = torch.arange(total, device=device)
-    valid = slots[None, :] >= pad[:, None]  # (bsz, total): False on left padding
-    positions = (slots[None, :width] - pad[:, None]).clamp(min=0)
-    causal = slots[None, :width, None] >= slots[None, None, :width]  # (1, width, width)
+    # Cache slots: [prefix | left padding + prompt | generated].
+    slots = torch.arange(total - prefix_len, device=device)
+    valid = torch.cat([torch.ones(bsz, prefix_len, dtype=torch.bool, device=device),
+                       slots[None, :] >= pad[:, None]], dim=1)  # (bsz, total): False on padding
+    positions = prefix_len + (slots[None, :width] - pad[:, None]).clamp(min=0)
+    causal = torch.ones(width, prefix_len + width, dtype=torch.bool, device=device).tril(prefix_len)
     # Padding queries attend to themselves only, so no row of the mask is empty.
-    mask = (causal & valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
+    mask = (causal[None] & valid[:, None, : prefix_len + width])
+    mask[:, torch.arange(width), prefix_len + torch.arange(width)] = True
     cache = KVCache.for_model(model, bsz, total)
+    if prefix_len:
+        cache.copy_prefix(prefix, prefix_len)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
 
-    logits = model(tokens, 0, cache, positions=positions, mask=mask[:, None], logits_at=torch.full((bsz, 1), width - 1, device=device))
+    last_at = torch.full((bsz, 1), width - 1, device=device)
+    logits = model(tokens, prefix_len, cache, positions=positions, mask=mask[:, None], logits_at=last_at)
     out: List[List[int]] = [[] for _ in range(bsz)]
     done = [False] * bsz
     texts = [""] * bsz
@@ -84,7 +96,7 @@ def generate(
             done[row] = hit
         if all(done) or step == max_gen_len - 1:
             break
-        pos = width + step
-        step_pos = (torch.full((bsz,), pos, device=device) - pad)[:, None]
-        logits = model(nxt[:, None], pos, cache, positions=step_pos, mask=valid[:, None, None, : pos + 1])
+        slot = prefix_len + width + step
+        step_pos = (torch.full((bsz,), width + step, device=device) - pad + prefix_len)[:, None]
+        logits = model(nxt[:, None], slot, cache, positions=step_pos, mask=valid[:, None, None, : slot + 1])
     return texts

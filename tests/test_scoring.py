@@ -106,3 +106,11 @@ def test_too_long_request_is_a_clear_error(smollm):
 def test_common_prefix_len():
     assert common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
     assert common_prefix_len([[1], [2]]) == 0
+
+
+def test_generation_with_prefix_cache_equals_plain(smollm):
+    model, tok = smollm
+    contexts = [d[0] for d in direct_requests()[:: len(LABELS)]]
+    fast = LlamaLM(model, tok, 3, scoring="fast").generate_until(contexts, 6)
+    naive = LlamaLM(model, tok, 3, scoring="naive").generate_until(contexts, 6)
+    assert fast == naive and all(isinstance(g, str) for g in fast)

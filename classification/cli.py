@@ -7,6 +7,7 @@ import sys
 from typing import Any, Callable, TypeVar
 
 from classification.errors import ClassificationError
+from llama.checkpoint import CheckpointError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -14,7 +15,8 @@ EXIT_BAD_INPUT = 2
 
 
 def cli(fn: F) -> F:
-    """Decorate a script's ``main``: a :class:`ClassificationError` prints one line and exits 2.
+    """Decorate a script's ``main``: bad input (a :class:`ClassificationError`, or a checkpoint
+    that cannot be used) prints one line and exits 2.
 
     The signature and docstring stay ``fn``'s, so ``fire.Fire(main)`` and ``--help`` still work.
     """
@@ -23,7 +25,7 @@ def cli(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ClassificationError as e:
+        except (ClassificationError, CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
 

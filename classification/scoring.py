@@ -287,11 +287,14 @@ def load_lm(
     """Set up the runtime, load tokenizer and model; returns (LlamaLM, Runtime)."""
     import time
 
-    from llama.checkpoint import count_shards, load_model
+    from llama.checkpoint import CheckpointError, count_shards, load_model
     from llama.runtime import setup_runtime
     from llama.tokenizer import load_tokenizer
 
-    rt = setup_runtime(count_shards(ckpt_dir), dtype=dtype, device=device)
+    try:
+        rt = setup_runtime(count_shards(ckpt_dir), dtype=dtype, device=device, source=ckpt_dir)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     start = time.time()
     tokenizer = load_tokenizer(tokenizer_path)
     model = load_model(ckpt_dir, rt.device, rt.dtype, rt.mp_rank, rt.mp_size, max_seq_len, max_batch_size,

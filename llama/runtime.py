@@ -84,6 +84,7 @@ def setup_runtime(
     dtype: Optional[str] = None,
     device: Optional[str] = None,
     quiet_workers: bool = True,
+    source: str = "the checkpoint",
 ) -> Runtime:
     """Initialise (or skip) torch.distributed and fairscale's model-parallel groups.
 
@@ -95,8 +96,8 @@ def setup_runtime(
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if model_parallel_size < 1 or world_size % model_parallel_size != 0:
         raise ValueError(
-            f"world size {world_size} is not a multiple of the checkpoint's {model_parallel_size} "
-            f"shard(s): run torchrun --nproc_per_node with a multiple of {model_parallel_size}, "
+            f"world size {world_size} is not a multiple of the {model_parallel_size} shard(s) of {source}: "
+            f"run torchrun --nproc_per_node with a multiple of {model_parallel_size}, "
             "or re-shard the checkpoint with `python -m llama.convert convert SRC OUT --shards N`"
         )
     if device is None:

@@ -111,8 +111,28 @@ def test_vocab_size_mismatch(tmp_path):
 def test_shard_count_must_divide_world_size(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError) as e:
-        setup_runtime(model_parallel_size=2)
-    assert "multiple of 2" in one_line(e)
+        setup_runtime(model_parallel_size=2, source="checkpoints/llama/13B")
+    assert "multiple of 2" in one_line(e) and "checkpoints/llama/13B" in str(e.value)
+
+
+def test_script_reports_bad_checkpoint_in_one_line(tmp_path, root, default_model_dir):
+    """A damaged checkpoint reaches the user as `error: ...` and exit status 2, not a traceback."""
+    import subprocess
+    import sys
+
+    ckpt = tiny_meta(tmp_path / "ckpt")
+    pth = ckpt / "consolidated.00.pth"
+    pth.write_bytes(pth.read_bytes()[:100])
+    data = tmp_path / "in.json"
+    data.write_text(json.dumps([{"prompt": "Article: {text}\nCategory:", "completion": "{label_word}",
+                                 "text": "x", "label_words": ["A", "B"], "ground_truth": "A", "index": 0}]))
+    res = subprocess.run([sys.executable, "run_evaluate_direct_llama.py", "--data_path", str(data),
+                          "--output_path", str(tmp_path / "out.json"), "--ckpt_dir", str(ckpt),
+                          "--tokenizer_path", str(default_model_dir / "tokenizer.json")],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "consolidated.00.pth" in lines[0]
 
 
 def test_unsupported_gguf_tensor_type(tmp_path):

@@ -97,7 +97,6 @@ class LlamaLM:
         append_eos: bool = True,
         scoring: str = "fast",
         max_batch_tokens: Optional[int] = None,
-        progress: bool = False,
     ):
         if scoring not in SCORING_MODES:
             raise ValueError(f"scoring must be one of {SCORING_MODES}, not {scoring!r}")
@@ -109,7 +108,6 @@ class LlamaLM:
         self.scoring = scoring
         self.device = model.tok_embeddings.weight.device
         self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 4096)
-        self.progress = progress
         self._prefix: Optional[Tuple[Tuple[int, ...], KVCache]] = None
         self.tokens_processed = 0  # tokens fed through the model (benchmarks report it)
 
@@ -300,4 +298,4 @@ def load_lm(
     model = load_model(ckpt_dir, rt.device, rt.dtype, rt.mp_rank, rt.mp_size, max_seq_len, max_batch_size,
                        vocab_size=tokenizer.n_words)
     print(f"Loaded {ckpt_dir} ({rt.dtype}, {rt.device}, mp={rt.mp_size}, dp={rt.dp_size}) in {time.time() - start:.1f}s")
-    return LlamaLM(model, tokenizer, max_batch_size, append_eos, scoring, progress=rt.is_main), rt
+    return LlamaLM(model, tokenizer, max_batch_size, append_eos, scoring), rt

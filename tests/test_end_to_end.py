@@ -1,0 +1,112 @@
+"""The README's scripts end to end with the real default model, in subprocesses as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+EVALUATE = {
+    "direct": "run_evaluate_direct_llama.py",
+    "channel": "run_evaluate_channel_llama.py",
+    "generate": "run_evaluate_generate_llama.py",
+}
+
+
+def run(root: Path, *args: str, torchrun: int = 0, timeout: int = 600) -> str:
+    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--nproc_per_node", str(torchrun),
+                               "--master_port", "29541"] if torchrun else []) + list(args)
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def model_flags(model_dir: Path) -> list:
+    return ["--ckpt_dir", str(model_dir / "135M"), "--tokenizer_path", str(model_dir / "tokenizer.json")]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, root, shared_data, default_model_dir):
+    d = tmp_path_factory.mktemp("e2e")
+    for method in ("direct", "channel"):
+        run(root, f"run_preprocess_{method}_ag_news.py", "--data_dir", str(shared_data / "ag_news"),
+            "--n_sample", "8", "--data_path", str(d / f"in_{method}.json"))
+    return d
+
+
+def evaluate(root, model_dir, inputs, method, out, *extra, torchrun=0):
+    data = inputs / f"in_{'channel' if method == 'channel' else 'direct'}.json"
+    stdout = run(root, EVALUATE[method], "--data_path", str(data), "--output_path", str(out),
+                 *model_flags(model_dir), *extra, torchrun=torchrun)
+    return stdout, json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("method", ["direct", "channel", "generate"])
+def test_fast_equals_naive_and_batch_size(root, default_model_dir, inputs, tmp_path, method):
+    stdout, fast = evaluate(root, default_model_dir, inputs, method, tmp_path / "fast.json")
+    assert "Accuracy: " in stdout
+    assert (tmp_path / "fast.metrics.json").exists()
+    _, naive = evaluate(root, default_model_dir, inputs, method, tmp_path / "naive.json",
+                        "--scoring", "naive", "--max_batch_size", "1")
+    assert [r["prediction"] for r in fast] == [r["prediction"] for r in naive]
+    assert [r["index"] for r in fast] == [r["index"] for r in naive]
+    if method != "generate":
+        delta = max(abs(a - b) for f, n in zip(fast, naive) for a, b in zip(f["log_probs"], n["log_probs"]))
+        assert delta <= 1e-4
+
+
+def test_calibrate_after_direct(root, default_model_dir, inputs, tmp_path):
+    _, direct = evaluate(root, default_model_dir, inputs, "direct", tmp_path / "direct.json")
+    out = tmp_path / "calibrated.json"
+    stdout = run(root, "run_evaluate_direct_calibrate_llama.py", "--direct_input_path", str(inputs / "in_direct.json"),
+                 "--direct_output_path", str(tmp_path / "direct.json"), "--output_path", str(out),
+                 *model_flags(default_model_dir))
+    assert "Accuracy: " in stdout
+    calibrated = json.loads(out.read_text())
+    assert len(calibrated) == len(direct)
+    for rec in calibrated:  # calibrated scores are normalised log-probabilities
+        assert abs(sum(pow(2.718281828459045, x) for x in rec["log_probs"]) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["direct", "channel"])
+def test_data_parallel_torchrun_matches_single_process(root, default_model_dir, inputs, tmp_path, method):
+    _, one = evaluate(root, default_model_dir, inputs, method, tmp_path / "one.json")
+    _, two = evaluate(root, default_model_dir, inputs, method, tmp_path / "two.json", torchrun=2)
+    assert [r["prediction"] for r in one] == [r["prediction"] for r in two]
+    delta = max(abs(a - b) for x, y in zip(one, two) for a, b in zip(x["log_probs"], y["log_probs"]))
+    assert delta <= 1e-4
+
+
+def test_resume_after_kill(root, default_model_dir, shared_data, tmp_path):
+    """Kill a run once its first chunk is saved; the rerun finishes with the uninterrupted result."""
+    data = tmp_path / "in.json"
+    run(root, "run_preprocess_direct_ag_news.py", "--data_dir", str(shared_data / "ag_news"),
+        "--n_sample", "132", "--data_path", str(data))
+    args = [sys.executable, "run_evaluate_direct_llama.py", "--data_path", str(data), *model_flags(default_model_dir)]
+    out = tmp_path / "killed.json"
+    proc = subprocess.Popen(args + ["--output_path", str(out)], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    partial = Path(str(out) + ".partial.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if partial.exists() and len(partial.read_text().splitlines()) > 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = len(partial.read_text().splitlines())
+    assert not out.exists() and saved > 1
+    stdout = run(root, *args[1:], "--output_path", str(out))
+    assert "Resuming" in stdout
+    run(root, *args[1:], "--output_path", str(tmp_path / "whole.json"))
+    resumed, whole = json.loads(out.read_text()), json.loads((tmp_path / "whole.json").read_text())
+    assert [r["prediction"] for r in resumed] == [r["prediction"] for r in whole]
+    assert [r["index"] for r in resumed] == [r["index"] for r in whole]
+    assert not partial.exists()

@@ -1,4 +1,4 @@
-"""Contextual calibration (Zhao et al. 2021) of a direct run's label probabilities."""
+"""Calibrate a direct run's saved label log-probs post hoc: na, cbu, dcpmi or batch (classification.methods)."""
 
 import fire
 
@@ -9,28 +9,28 @@ from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, eval
 @cli
 def main(
     direct_input_path: str = "samples/inputs_direct_ag_news.json",
-    direct_output_path: str = "samples/outputs_direct_ag_news.json",
-    output_path: str = "samples/outputs_direct_calibrate_ag_news.json",
-    ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
-    max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
-    device: str | None = None, scoring: str = "fast", completion_end: str = "eos",
-    content_free: str | list[str] = ("N/A",),
+    direct_output_path: str | None = "samples/outputs_direct_ag_news.json",
+    output_path: str = "samples/outputs_direct_calibrate_ag_news.json", calibration: str = "na",
+    ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH, max_seq_len: int = 2048,
+    max_batch_size: int = 16, dtype: str | None = None, device: str | None = None, scoring: str = "fast",
+    completion_end: str = "eos", content_free: str | list[str] | None = None, domain_premise: str | None = None,
+    batch_size: int | None = None,
 ) -> None:
-    """Divide the direct run's label probabilities by a content-free input's, renormalise, argmax.
+    """Re-score the direct run's log-probs (no new pass over the test set), renormalise, argmax.
 
     Args:
         direct_input_path: the direct run's input JSON.
         direct_output_path: the direct run's output JSON (its log_probs are reused, not recomputed).
         output_path: output JSON, one record per input; metrics go to <stem>.metrics.json.
-        ckpt_dir: checkpoint directory of the model (the direct run's).
-        tokenizer_path: the model's tokenizer file (tokenizer.model or tokenizer.json).
-        max_seq_len: longest sequence in tokens.
-        max_batch_size: most sequences in one forward pass.
-        dtype: fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).
-        device: cpu or cuda (default: cuda when available).
+        calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
+            dcpmi (log p(y|x) - log p(y|domain premise)) or batch (l - its batch mean, l = log-softmax; no model).
+        ckpt_dir, tokenizer_path: the direct run's model checkpoint directory and tokenizer file.
+        max_seq_len, max_batch_size, dtype, device: tokens per sequence, sequences per pass, fp32/fp16/bf16, cpu/cuda.
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos, none or newline: the value the direct run used.
-        content_free: text or list of texts, averaged: --content_free='["N/A","","[MASK]"]'.
+        content_free: na/cbu: text or list of texts, averaged, e.g. --content_free='["N/A","","[MASK]"]'.
+        domain_premise: dcpmi: the premise (default: the template after {text}, e.g. "Category:").
+        batch_size: batch: records per batch, in file order (default: the whole test set).
     """
     args = locals()
     evaluate("calibrate", data_path=args.pop("direct_input_path"), **args)

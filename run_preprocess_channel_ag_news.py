@@ -1,4 +1,4 @@
-"""Write ag_news input records for channel classification (see classification.data.preprocess)."""
+"""Write ag_news input records for channel classification (the ag_news preset of run_preprocess.py)."""
 
 import fire
 

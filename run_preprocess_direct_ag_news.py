@@ -1,4 +1,4 @@
-"""Write ag_news input records for direct classification (see classification.data.preprocess)."""
+"""Write ag_news input records for direct classification (the ag_news preset of run_preprocess.py)."""
 
 import fire
 

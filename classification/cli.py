@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, List, TypeVar
 
 from classification.errors import ClassificationError
 from llama.checkpoint import CheckpointError
@@ -37,3 +38,24 @@ def run_main(fn: Callable[..., Any]) -> None:
     import fire
 
     fire.Fire(cli(fn))
+
+
+def as_list(value: Any) -> Any:
+    """A list flag as fire may hand it over: a list, or a string ``"[a, b]"`` that fire could not
+    parse (paths, words with spaces) -> ``["a", "b"]``; ``"a,b"`` -> ``["a", "b"]``.  Anything
+    else is returned unchanged."""
+    if not isinstance(value, str):
+        return list(value) if isinstance(value, tuple) else value
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            parsed = json.loads(text)
+            if isinstance(parsed, list):
+                return parsed
+        except ValueError:
+            pass
+        text = text[1:-1]
+    elif "," not in text:
+        return value
+    items: List[str] = [part.strip().strip("'\"").strip() for part in text.split(",")]
+    return [item for item in items if item]

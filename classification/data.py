@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from classification.errors import ClassificationError
-from classification.fileio import check_output_path, write_json_atomic
 from classification.templates import AG_NEWS_LABEL_WORDS, TEMPLATES, build_prompt, has_placeholder
 
 N_CLASSES = len(AG_NEWS_LABEL_WORDS)
@@ -178,12 +177,16 @@ def preprocess(
     data_dir: Optional[str] = None,
     n_sample: int = 16,
 ) -> List[Dict[str, Any]]:
-    """Build ag_news input records for ``method`` and write them to ``data_path`` (JSON list)."""
+    """Build ag_news input records for ``method`` and write them to ``data_path`` (JSON list).
+
+    The ``ag_news`` preset of :func:`classification.datasets.preprocess_dataset`: the same records
+    as :func:`build_records` (plus a ``meta`` entry naming dataset, k and seed).
+    """
+    from classification.datasets import preprocess_dataset
+
     if method not in TEMPLATES:
         raise ClassificationError(f"unknown method {method!r} for inputs; use one of {sorted(TEMPLATES)}")
-    check_output_path(data_path, "--data_path")
-    train, test = load_ag_news(data_dir)
-    records = build_records(method, train, test, k=k, seed=seed, sample=sample, n_sample=n_sample)
-    write_json_atomic(data_path, records, indent=2)
-    print(f"Wrote {len(records)} {method} records ({k} demonstration(s) per class) to {data_path}")
-    return records
+    return preprocess_dataset(
+        preset="ag_news", method=method, data_path=data_path, k=k, seed=seed, sample=sample, n_sample=n_sample,
+        data_dir=data_dir,
+    )

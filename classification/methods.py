@@ -7,7 +7,23 @@ was built with ``append_eos``).  Direct and channel differ only in their templat
 
 - direct:    prompt "...Article: {text}\\nCategory:",   completion "{label_word}"
 - channel:   prompt "...Category: {label_word}\\nArticle:", completion "{text}"
-- calibrate: direct log-probs re-weighted by 1 / p(label | content-free input) (Zhao et al. 2021)
+- calibrate: the direct run's saved log-probs re-scored post hoc (no second pass over the test
+  set), one of :data:`CALIBRATIONS`; every calibrated score is renormalized over the labels
+  (log-softmax), so ``log_probs`` of a calibrated output are normalized label log-probs:
+
+  - ``na``:    contextual calibration (Zhao et al. 2021) as in the original: p = softmax(direct
+               log-probs), p_cf = the same for the content-free input "N/A";
+               score(y) = log(p(y) / p_cf(y))  (W = diag(1/p_cf), b = 0).  Scores one prompt.
+  - ``cbu``:   the same with p_cf averaged over several content-free inputs ("N/A", "",
+               "[MASK]", as in Calibrate Before Use).
+  - ``dcpmi``: domain-conditional PMI (Holtzman et al. 2021):
+               score(y) = log p(y | x, prompt) - log p(y | domain premise), the premise being
+               the template's text after ``{text}`` ("Category:" for ag_news).  Scores only the
+               label words after the premise.
+  - ``batch``: batch calibration (Zhou et al. 2023): with l(y|x) = log-softmax of the direct
+               log-probs, score(y|x_i) = l(y|x_i) - mean over the batch j of l(y|x_j); the batch
+               is the whole test set (or consecutive blocks of ``batch_size`` records).  Needs
+               no model at all.
 - generate:  greedy continuation of the direct prompt, parsed back to a label word
 
 Test texts too long for ``lm.max_seq_len`` are shortened token-wise (:func:`fit_text`).
@@ -25,6 +41,8 @@ from classification.templates import fill
 COMPLETION_ENDS: Tuple[str, ...] = ("eos", "none", "newline")
 NONE_PREDICTION = "none"
 DEFAULT_CONTENT_FREE: Tuple[str, ...] = ("N/A",)
+CBU_CONTENT_FREE: Tuple[str, ...] = ("N/A", "", "[MASK]")
+CALIBRATIONS: Tuple[str, ...] = ("na", "cbu", "dcpmi", "batch")
 # When the longest label's request is this close to the limit, every label's request is counted.
 _EXACT_MARGIN = 4
 
@@ -54,6 +72,13 @@ def softmax(xs: Sequence[float]) -> List[float]:
     exps = [math.exp(x - top) for x in xs]
     total = sum(exps)
     return [e / total for e in exps]
+
+
+def log_softmax(xs: Sequence[float]) -> List[float]:
+    """xs minus their log-sum-exp: log-probabilities normalized over the entries."""
+    top = max(xs)
+    total = top + math.log(sum(math.exp(x - top) for x in xs))
+    return [x - total for x in xs]
 
 
 def request(record: Record, text: str, label_word: str, suffix: str = "") -> Tuple[str, str]:
@@ -253,3 +278,49 @@ def generate(
         }
         for g, record, cut in zip(generations, records, shortened)
     ]
+
+
+def default_domain_premise(record: Record) -> str:
+    """The direct template's text after ``{text}``, stripped ("Category:" for ag_news)."""
+    prompt = record["prompt"]
+    premise = prompt[prompt.rfind("{text}") + len("{text}") :].strip() if "{text}" in prompt else ""
+    if not premise:
+        raise ClassificationError(
+            "the direct prompt has nothing after {text} to use as the domain premise; pass --domain_premise"
+        )
+    return premise
+
+
+def premise_log_probs(
+    lm: LanguageModel, record: Record, premise: str, completion_end: str = "eos"
+) -> List[float]:
+    """log p(label word | domain premise) for each label word (scored as in the direct run)."""
+    suffix = completion_suffix(completion_end)
+    words = record["label_words"]
+    requests = [(premise, " " + fill(record["completion"], label_word=w) + suffix) for w in words]
+    return [float(x) for x in lm.loglikelihood(requests)]
+
+
+def dcpmi_log_probs(log_probs: Sequence[float], premise_lp: Sequence[float]) -> List[float]:
+    """Domain-conditional PMI: log-softmax of log p(y|x, prompt) - log p(y|premise)."""
+    if len(log_probs) != len(premise_lp):
+        raise ValueError(f"{len(log_probs)} log-probs but {len(premise_lp)} premise log-probs")
+    return log_softmax([a - b for a, b in zip(log_probs, premise_lp)])
+
+
+def batch_means(all_log_probs: Sequence[Sequence[float]], batch_size: Optional[int] = None) -> List[List[float]]:
+    """Per record, the mean normalized label log-prob of its batch (all records when batch_size is None)."""
+    n = len(all_log_probs)
+    size = n if batch_size is None else batch_size
+    means: List[List[float]] = []
+    for start in range(0, n, max(1, size)):
+        block = [log_softmax(lp) for lp in all_log_probs[start : start + size]]
+        mean = [sum(col) / len(block) for col in zip(*block)]
+        means.extend([mean] * len(block))
+    return means
+
+
+def batch_calibrate(all_log_probs: Sequence[Sequence[float]], batch_size: Optional[int] = None) -> List[List[float]]:
+    """Batch calibration: log-softmax of (log-softmax(lp_i) - mean of its batch), for every record."""
+    means = batch_means(all_log_probs, batch_size)
+    return [log_softmax([a - m for a, m in zip(log_softmax(lp), mean)]) for lp, mean in zip(all_log_probs, means)]

@@ -1,13 +1,20 @@
-"""Accuracy, per-class precision/recall/F1, macro-F1 and the confusion matrix (pure Python).
+"""Accuracy, per-class precision/recall/F1, macro-F1, confusion matrix and calibration error.
 
 Predictions outside the label set (generate's "none") count as wrong and get their own
 confusion-matrix column, ``NONE``.  A class never predicted has precision 0; a class with no
 examples has recall 0; F1 is 0 when precision + recall is 0 (sklearn's zero_division=0).
+
+Expected calibration error (ECE) is computed on the label probabilities normalized over the label
+words, p = softmax(log_probs): confidence = max p, correct = (argmax p is the true label), and
+with ``n_bins`` equal-width confidence bins B_1..B_M over [0, 1],
+``ECE = sum_m |B_m| / n * |accuracy(B_m) - mean confidence(B_m)|``.  Methods without label
+probabilities (generate) have ``ece`` None.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+import math
+from typing import Any, Dict, List, Optional, Sequence
 
 NONE = "none"
 
@@ -64,3 +71,58 @@ def classification_metrics(
         "confusion_matrix": {"rows": list(labels), "columns": columns, "matrix": matrix},
         "n_none": n - sum(sum(row[: len(labels)]) for row in matrix),
     }
+
+
+N_BINS = 10
+
+
+def _softmax(xs: Sequence[float]) -> List[float]:
+    top = max(xs)
+    exps = [math.exp(x - top) for x in xs]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def reliability(
+    log_probs: Sequence[Sequence[float]], truth: Sequence[int], n_bins: int = N_BINS
+) -> Dict[str, Any]:
+    """ECE and the reliability-diagram bins of normalized label probabilities.
+
+    ``log_probs``: one list per example (label order, any additive constant); ``truth``: the
+    true label indices.  Each bin has its range, count, mean confidence and accuracy (None when
+    empty).  Bins are [lo, hi), the last one [0.9, 1.0] with 10 bins.
+    """
+    if len(log_probs) != len(truth):
+        raise ValueError(f"{len(log_probs)} log-prob lists but {len(truth)} labels")
+    counts = [0] * n_bins
+    conf_sums = [0.0] * n_bins
+    correct = [0] * n_bins
+    for lp, t in zip(log_probs, truth):
+        probs = _softmax(lp)
+        best = max(range(len(probs)), key=lambda i: (probs[i], -i))
+        conf = probs[best]
+        b = min(n_bins - 1, int(conf * n_bins))
+        counts[b] += 1
+        conf_sums[b] += conf
+        correct[b] += int(best == t)
+    n = len(truth)
+    bins = []
+    ece = 0.0
+    for b in range(n_bins):
+        acc = correct[b] / counts[b] if counts[b] else None
+        conf = conf_sums[b] / counts[b] if counts[b] else None
+        if counts[b]:
+            ece += counts[b] / n * abs(acc - conf)  # type: ignore[operator]
+        bins.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "n": counts[b], "confidence": conf, "accuracy": acc})
+    return {"ece": ece if n else None, "bins": bins}
+
+
+def calibration_metrics(
+    log_probs: Sequence[Optional[Sequence[float]]], ground_truth: Sequence[str], labels: Sequence[str]
+) -> Dict[str, Any]:
+    """``{"ece": ..., "reliability": bins}``; ece and bins are None when any log_probs is None."""
+    if not log_probs or any(lp is None for lp in log_probs):
+        return {"ece": None, "reliability": None}
+    col = {label: i for i, label in enumerate(labels)}
+    result = reliability(log_probs, [col[t] for t in ground_truth])  # type: ignore[arg-type]
+    return {"ece": result["ece"], "reliability": result["bins"]}

@@ -17,7 +17,7 @@ def read_json(path: str, what: str, flag: str) -> Any:
     p = Path(path)
     if not p.is_file():
         inputs = flag in ("--data_path", "--direct_input_path")
-        hint = "; create it with run_preprocess_*_ag_news.py" if inputs else ""
+        hint = "; create it with run_preprocess.py (or run_preprocess_*_ag_news.py)" if inputs else ""
         raise ClassificationError(f"{flag} {path}: {what} file not found{hint}")
     try:
         with open(p, encoding="utf-8") as f:
@@ -35,13 +35,13 @@ def _check_template(record: Dict[str, Any], i: int, method: str, path: str) -> N
         if "{label_word}" not in prompt or "{text}" not in completion:
             raise ClassificationError(
                 f"{where} is not a channel input (prompt needs {{label_word}}, completion {{text}}); "
-                "make one with run_preprocess_channel_ag_news.py"
+                "make one with run_preprocess.py --method channel"
             )
     else:
         if "{text}" not in prompt or "{label_word}" not in completion:
             raise ClassificationError(
                 f"{where} is not a direct input (prompt needs {{text}}, completion {{label_word}}); "
-                "make one with run_preprocess_direct_ag_news.py"
+                "make one with run_preprocess.py --method direct"
             )
 
 

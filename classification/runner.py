@@ -6,7 +6,12 @@ and writes, on the main rank:
 
 - ``output_path``: one JSON record per input record, same order (``index``, ``ground_truth``,
   ``prediction``, ``correct``, ``log_probs``, ``shortened``, and ``generation`` for generate);
-- ``<output stem>.metrics.json``: accuracy, macro-F1, per-class scores, confusion matrix, ...
+- ``<output stem>.metrics.json``: accuracy, macro-F1, per-class scores, confusion matrix, ECE
+  and reliability bins of the normalized label probabilities, "none" count, the run's settings,
+  the dataset/k/seed of the inputs (their ``meta``) and the run's fingerprint.
+
+``reuse=True`` returns the metrics of a finished run with the same fingerprint without scoring
+(the seeds command uses it to skip what is done).
 
 Resume: every finished chunk is appended to ``<output_path>.partial.jsonl`` (one file per
 data-parallel rank, ``<output_path>.partial.<rank>.jsonl``, when there are several), whose first
@@ -34,7 +39,7 @@ from classification import methods
 from classification.errors import ClassificationError
 from classification.fileio import check_output_path, file_sha256, write_json_atomic
 from classification.lm import LanguageModel
-from classification.metrics import classification_metrics
+from classification.metrics import calibration_metrics, classification_metrics
 from classification.records import METHODS, load_direct_outputs, load_records
 
 DEFAULT_CKPT_DIR = "checkpoints/smollm2/135M"
@@ -177,7 +182,9 @@ class PartialWriter:
 # The loop
 
 
-def _content_free_list(content_free: Union[str, Sequence[Any]]) -> List[str]:
+def _content_free_list(content_free: Union[None, str, Sequence[Any]], calibration: str = "na") -> List[str]:
+    if content_free is None:
+        return list(methods.CBU_CONTENT_FREE if calibration == "cbu" else methods.DEFAULT_CONTENT_FREE)
     if isinstance(content_free, str):
         return [content_free]
     if isinstance(content_free, (list, tuple)):
@@ -290,6 +297,34 @@ def build_outputs(records: Sequence[Dict[str, Any]], results: Dict[int, Result],
     return outputs
 
 
+def _check_calibration(
+    calibration: str, content_free: Any, domain_premise: Optional[str], batch_size: Optional[int]
+) -> None:
+    if calibration not in methods.CALIBRATIONS:
+        raise ClassificationError(f"--calibration {calibration!r} is not one of {', '.join(methods.CALIBRATIONS)}")
+    if content_free is not None and calibration not in ("na", "cbu"):
+        raise ClassificationError(f"--content_free applies to --calibration na or cbu, not {calibration}")
+    if domain_premise is not None and calibration != "dcpmi":
+        raise ClassificationError(f"--domain_premise applies to --calibration dcpmi, not {calibration}")
+    if batch_size is not None:
+        if calibration != "batch":
+            raise ClassificationError(f"--batch_size applies to --calibration batch, not {calibration}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ClassificationError(f"--batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _finished(output_path: str, fingerprint: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The metrics of a finished run with this fingerprint, else None."""
+    try:
+        with open(metrics_path(output_path), encoding="utf-8") as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(metrics, dict) and metrics.get("fingerprint") == fingerprint and Path(output_path).is_file():
+        return metrics
+    return None
+
+
 def evaluate(
     method: str,
     data_path: str,
@@ -303,7 +338,10 @@ def evaluate(
     scoring: str = "fast",
     completion_end: str = "eos",
     direct_output_path: Optional[str] = None,
-    content_free: Union[str, Sequence[str]] = methods.DEFAULT_CONTENT_FREE,
+    content_free: Union[None, str, Sequence[str]] = None,
+    calibration: str = "na",
+    domain_premise: Optional[str] = None,
+    batch_size: Optional[int] = None,
     max_gen_len: int = 10,
     temperature: float = 0.0,
     top_p: float = 1.0,
@@ -311,51 +349,46 @@ def evaluate(
     chunk_size: int = CHUNK_SIZE,
     lm: Optional[LanguageModel] = None,
     runtime: Optional[Any] = None,
+    reuse: bool = False,
 ) -> Optional[Dict[str, Any]]:
     """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
 
     ``method``: direct, calibrate, channel or generate.  For calibrate, ``data_path`` is the
     direct input file and ``direct_output_path`` the direct run's output, whose ``log_probs``
-    are re-weighted (only the content-free inputs are scored).  ``lm``/``runtime``: use this
-    language model (and runtime; default single process) instead of loading ``ckpt_dir``.
-    Returns the metrics on the main rank, None elsewhere.
+    are re-scored with ``calibration`` (na, cbu, dcpmi or batch; see
+    :mod:`classification.methods`) without a second pass over the test set.  ``lm``/``runtime``:
+    use this language model (and runtime; default single process) instead of loading
+    ``ckpt_dir``.  Returns the metrics on the main rank, None elsewhere.
     """
     start = time.time()
     _check_flags(
         method, scoring, completion_end, max_seq_len, max_batch_size, max_gen_len, temperature, top_p, chunk_size
     )
-    cf_texts = _content_free_list(content_free)
+    is_calibrate = method == "calibrate"
+    if is_calibrate:
+        _check_calibration(calibration, content_free, domain_premise, batch_size)
+    cf_texts = _content_free_list(content_free, calibration)
     records = load_records(data_path, method)
     label_words: List[str] = records[0]["label_words"]
     direct_outputs: List[Dict[str, Any]] = []
     inputs = [data_path]
-    if method == "calibrate":
+    if is_calibrate:
         if not direct_output_path:
             raise ClassificationError(
-                "calibrate needs --direct_output_path (the output of run_evaluate_direct_llama.py)"
+                f"calibration {calibration} needs --direct_output_path (the output of run_evaluate_direct_llama.py "
+                "on --direct_input_path)"
             )
-        if not cf_texts:
+        if calibration in ("na", "cbu") and not cf_texts:
             raise ClassificationError("--content_free needs at least one content-free text, e.g. N/A")
         direct_outputs = load_direct_outputs(direct_output_path, records)
         _check_direct_run(direct_output_path, completion_end)
         inputs.append(direct_output_path)
     check_output_path(output_path, inputs=inputs)
-
-    if lm is None:
-        if dtype is not None:
-            from llama.runtime import DTYPES
-
-            if str(dtype).lower() not in DTYPES:
-                raise ClassificationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        lm, runtime = load_model(
-            ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring,
-            append_eos=completion_end == "eos",
-        )
-    elif method != "generate" and bool(lm.append_eos) != (completion_end == "eos"):
-        raise ClassificationError(
-            f"--completion_end {completion_end} needs a model built with append_eos={completion_end == 'eos'}"
-        )
-    runtime = runtime if runtime is not None else LocalRuntime()
+    premise = None
+    if is_calibrate and calibration == "dcpmi":
+        premise = domain_premise if domain_premise is not None else methods.default_domain_premise(records[0])
+        if not isinstance(premise, str) or not premise.strip():
+            raise ClassificationError("--domain_premise must be a non-empty text, e.g. Category:")
 
     fingerprint: Dict[str, Any] = {
         "method": method,
@@ -370,11 +403,68 @@ def evaluate(
         fingerprint.update(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
     else:
         fingerprint["completion_end"] = completion_end
-    if method == "calibrate":
+    if is_calibrate:
         assert direct_output_path is not None
-        fingerprint.update(content_free=cf_texts, direct_output_sha256=file_sha256(direct_output_path))
+        fingerprint.update(calibration=calibration, direct_output_sha256=file_sha256(direct_output_path))
+        if calibration in ("na", "cbu"):
+            fingerprint["content_free"] = cf_texts
+        elif calibration == "dcpmi":
+            fingerprint["domain_premise"] = premise
+        else:
+            fingerprint["batch_size"] = batch_size
+    if reuse:
+        done = _finished(output_path, fingerprint)
+        if done is not None:
+            if runtime is None or runtime.is_main:
+                print(f"Up to date: {output_path} (accuracy {done['accuracy']:.4f})")
+            return done if runtime is None or runtime.is_main else None
 
-    p_cf_cache: Dict[Tuple[str, str], List[float]] = {}
+    needs_model = not (is_calibrate and calibration == "batch")
+    if lm is None and needs_model:
+        if dtype is not None:
+            from llama.runtime import DTYPES
+
+            if str(dtype).lower() not in DTYPES:
+                raise ClassificationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        lm, runtime = load_model(
+            ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring,
+            append_eos=completion_end == "eos",
+        )
+    elif lm is not None and method != "generate" and bool(lm.append_eos) != (completion_end == "eos"):
+        raise ClassificationError(
+            f"--completion_end {completion_end} needs a model built with append_eos={completion_end == 'eos'}"
+        )
+    runtime = runtime if runtime is not None else LocalRuntime()
+
+    cache: Dict[Tuple[str, str], List[float]] = {}
+    batch_lp: List[List[float]] = []
+    if is_calibrate and calibration == "batch":
+        batch_lp = methods.batch_calibrate([o["log_probs"] for o in direct_outputs], batch_size)
+
+    def calibrated(p: int, rec: Dict[str, Any]) -> Result:
+        direct_lp = direct_outputs[p]["log_probs"]
+        extra: Dict[str, Any] = {}
+        if calibration == "batch":
+            log_probs = batch_lp[p]
+        elif calibration == "dcpmi":
+            assert premise is not None
+            key = (premise, rec["completion"])
+            if key not in cache:
+                cache[key] = methods.premise_log_probs(lm, rec, premise, completion_end)
+            log_probs = methods.dcpmi_log_probs(direct_lp, cache[key])
+            extra["premise_log_probs"] = cache[key]
+        else:
+            key = (rec["prompt"], rec["completion"])
+            if key not in cache:
+                cache[key] = methods.content_free_probs(lm, rec, cf_texts, completion_end)
+            log_probs = methods.calibrate_log_probs(direct_lp, cache[key])
+            extra["p_cf"] = cache[key]
+        return {
+            "log_probs": log_probs,
+            "prediction": label_words[methods.argmax(log_probs)],
+            "shortened": bool(direct_outputs[p].get("shortened", False)),
+            **extra,
+        }
 
     def score(positions: List[int]) -> List[Result]:
         chunk = [records[p] for p in positions]
@@ -382,16 +472,7 @@ def evaluate(
             return getattr(methods, method)(lm, chunk, completion_end)
         if method == "generate":
             return methods.generate(lm, chunk, max_gen_len, temperature, top_p, seed)
-        results = []
-        for p, rec in zip(positions, chunk):
-            key = (rec["prompt"], rec["completion"])
-            if key not in p_cf_cache:
-                p_cf_cache[key] = methods.content_free_probs(lm, rec, cf_texts, completion_end)
-            (result,) = methods.calibrate([direct_outputs[p]["log_probs"]], label_words, p_cf_cache[key])
-            result["shortened"] = bool(direct_outputs[p].get("shortened", False))
-            result["p_cf"] = p_cf_cache[key]
-            results.append(result)
-        return results
+        return [calibrated(p, rec) for p, rec in zip(positions, chunk)]
 
     # Longest texts first (even batches, early failure on memory); ties in record order.
     order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
@@ -400,12 +481,14 @@ def evaluate(
     if gathered is not None:
         results, n_resumed = gathered
         outputs = build_outputs(records, results, method)
+        truth = [o["ground_truth"] for o in outputs]
         metrics = classification_metrics(
-            [o["ground_truth"] for o in outputs],
-            [o["prediction"] for o in outputs],
-            label_words,
-            none_column=method == "generate",
+            truth, [o["prediction"] for o in outputs], label_words, none_column=method == "generate"
         )
+        metrics.update(calibration_metrics([o["log_probs"] for o in outputs], truth, label_words))
+        meta = records[0].get("meta")
+        if isinstance(meta, dict):
+            metrics.update({key: meta.get(key) for key in ("dataset", "k", "seed", "sample_seed")})
         metrics.update(
             method=method,
             model=ckpt_dir,
@@ -425,17 +508,23 @@ def evaluate(
             metrics.update(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
         else:
             metrics["completion_end"] = completion_end
-        if method == "calibrate":
-            metrics.update(
-                direct_output_path=direct_output_path,
-                content_free=cf_texts,
-                content_free_probs=results[0].get("p_cf"),
-            )
+        if is_calibrate:
+            metrics.update(calibration=calibration, direct_output_path=direct_output_path)
+            if calibration in ("na", "cbu"):
+                metrics.update(content_free=cf_texts, content_free_probs=results[0].get("p_cf"))
+            elif calibration == "dcpmi":
+                metrics.update(domain_premise=premise, premise_log_probs=results[0].get("premise_log_probs"))
+            else:
+                means = methods.batch_means([o["log_probs"] for o in direct_outputs], batch_size)
+                metrics.update(batch_size=batch_size, batch_mean_log_probs=means[0])
+        metrics["fingerprint"] = fingerprint
         write_json_atomic(output_path, outputs, indent=2)
         write_json_atomic(metrics_path(output_path), metrics, indent=2)
         for path in glob.glob(glob.escape(output_path) + ".partial*.jsonl"):
             os.unlink(path)
         print(f"Accuracy: {metrics['accuracy']:.4f}")
+        if metrics["ece"] is not None:
+            print(f"Expected calibration error: {metrics['ece']:.4f}")
         if method == "generate":
             print(f"Unparsed generations (none): {metrics['n_none']}")
         if metrics["n_shortened"]:

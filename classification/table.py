@@ -11,11 +11,25 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from classification.errors import ClassificationError
 
-METHOD_ORDER = ("direct", "calibrate", "channel", "generate")
+CALIBRATION_ORDER = ("na", "cbu", "dcpmi", "batch")
+# Display names, in table order: calibrations are post hoc re-scorings of the direct run.
+LABEL_ORDER = ("direct",) + tuple(f"direct+{c}" for c in CALIBRATION_ORDER) + ("channel", "generate")
+
+
+def method_label(metrics: Dict[str, Any]) -> str:
+    """"direct", "direct+na", ..., "channel", "generate" for a metrics dict."""
+    method = str(metrics.get("method", "?"))
+    if method == "calibrate":
+        return f"direct+{metrics.get('calibration') or 'na'}"
+    return method
+
+
+def label_rank(label: str) -> int:
+    return LABEL_ORDER.index(label) if label in LABEL_ORDER else len(LABEL_ORDER)
 
 
 def load_metrics(paths: Sequence[str]) -> List[Dict[str, Any]]:
-    """Read metrics files (one-line error for a missing or broken one), in METHOD_ORDER."""
+    """Read metrics files (one-line error for a missing or broken one), in LABEL_ORDER."""
     rows = []
     for path in paths:
         try:
@@ -28,8 +42,7 @@ def load_metrics(paths: Sequence[str]) -> List[Dict[str, Any]]:
         if not isinstance(m, dict) or "accuracy" not in m:
             raise ClassificationError(f"{path} is not a metrics file (no accuracy)")
         rows.append(m)
-    rank = {name: i for i, name in enumerate(METHOD_ORDER)}
-    return sorted(rows, key=lambda m: rank.get(m.get("method", ""), len(rank)))
+    return sorted(rows, key=lambda m: label_rank(method_label(m)))
 
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
@@ -38,7 +51,7 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
     for m in rows:
         time_s: Optional[float] = m.get("wall_time_s")
         lines.append(
-            f"| {m.get('method', '?')} | {m.get('n', '?')} | {m['accuracy']:.4f} | "
+            f"| {method_label(m)} | {m.get('n', '?')} | {m['accuracy']:.4f} | "
             f"{m.get('macro_f1', float('nan')):.4f} | {'-' if time_s is None else f'{time_s:.1f}'} |"
         )
     return "\n".join(lines)

@@ -1,0 +1,38 @@
+"""Run methods over several demonstration seeds: per-seed outputs and mean ± std (classification.seeds)."""
+
+import fire
+
+from classification.cli import cli
+from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
+from classification.seeds import SEED_METHODS, run_seeds
+
+
+@cli
+def main(
+    dataset: str = "ag_news", data_dir: str | None = None, methods: list[str] = SEED_METHODS, k: int = 1,
+    seeds: list[int] = (1, 2, 3), n_sample: int = 300, out_dir: str | None = None, ckpt_dir: str = DEFAULT_CKPT_DIR,
+    tokenizer_path: str = DEFAULT_TOKENIZER_PATH, max_seq_len: int = 2048, max_batch_size: int = 16,
+    dtype: str | None = None, device: str | None = None,
+) -> None:
+    """For each seed: k demonstrations per class (same test sample), every method; then mean ± std.
+
+    Args:
+        dataset: a preset (ag_news, sst2, sst5, trec, mr, cr, subj, dbpedia) or a dataset spec .json (see README).
+        data_dir: folder of the preset's offline files, e.g. ../shared/data/sst2 (default: the hub).
+        methods: some of direct, na, cbu, dcpmi, batch (calibrations of direct), channel, generate.
+        k: demonstrations per class.
+        seeds: demonstration seeds, e.g. --seeds='[1,2,3]'.
+        n_sample: stratified test sample (seed 0, the same for every seed); 0 for the whole test split.
+        out_dir: where the files go (default outputs/<dataset>/k<k>); finished runs there are reused.
+        ckpt_dir: checkpoint directory of the model.
+        tokenizer_path: the model's tokenizer file (tokenizer.model or tokenizer.json).
+        max_seq_len: longest sequence in tokens; longer test texts are shortened to fit.
+        max_batch_size: most sequences in one forward pass.
+        dtype: fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).
+        device: cpu or cuda (default: cuda when available).
+    """
+    run_seeds(**locals())
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

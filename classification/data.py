@@ -148,24 +148,12 @@ def build_records(
     n_sample: int = 16,
     label_words: Sequence[str] = AG_NEWS_LABEL_WORDS,
 ) -> List[Dict[str, Any]]:
-    """Input records for ``method`` ("direct" or "channel"), one per test example, in split order."""
-    if method not in TEMPLATES:
-        raise ClassificationError(f"unknown method {method!r} for inputs; use one of {sorted(TEMPLATES)}")
-    n_classes = len(label_words)
-    demos = select_demonstrations(train, k, seed, n_classes)
-    prompt, completion = build_prompt(method, [(ex.text, label_words[ex.label]) for ex in demos])
-    chosen = sample_test(test, n_sample, seed, n_classes) if sample else list(test)
-    return [
-        {
-            "prompt": prompt,
-            "completion": completion,
-            "text": ex.text,
-            "label_words": list(label_words),
-            "ground_truth": label_words[ex.label],
-            "index": ex.index,
-        }
-        for ex in chosen
-    ]
+    """ag_news input records for ``method`` from already-loaded splits (the ``ag_news`` preset)."""
+    from classification.datasets import Dataset, get_preset, make_records
+
+    preset = get_preset("ag_news")
+    dataset = Dataset("ag_news", list(train), list(test), list(label_words), dict(preset.templates), preset.instruction)
+    return make_records(dataset, method, k=k, seed=seed, sample=sample, n_sample=n_sample)
 
 
 def preprocess(
@@ -179,8 +167,7 @@ def preprocess(
 ) -> List[Dict[str, Any]]:
     """Build ag_news input records for ``method`` and write them to ``data_path`` (JSON list).
 
-    The ``ag_news`` preset of :func:`classification.datasets.preprocess_dataset`: the same records
-    as :func:`build_records` (plus a ``meta`` entry naming dataset, k and seed).
+    The ``ag_news`` preset of :func:`classification.datasets.preprocess_dataset`.
     """
     from classification.datasets import preprocess_dataset
 

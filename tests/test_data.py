@@ -91,7 +91,7 @@ def test_build_records_shape():
         recs = build_records(method, train, test, k=1, seed=3, sample=True, n_sample=8)
         assert len(recs) == 8
         r = recs[0]
-        assert set(r) == {"prompt", "completion", "text", "label_words", "ground_truth", "index"}
+        assert set(r) == {"prompt", "completion", "text", "label_words", "ground_truth", "index", "meta"}
         assert r["completion"] == completion
         assert r["label_words"] == list(AG_NEWS_LABEL_WORDS)
         assert r["ground_truth"] == AG_NEWS_LABEL_WORDS[test[r["index"]].label]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from classification.data import build_records, load_ag_news
+from classification.data import build_records, load_ag_news, select_demonstrations
 from classification.datasets import PRESETS, holdout_split, label_index, load_dataset, make_records, preprocess_dataset
 from classification.errors import ClassificationError
 from classification.templates import TEMPLATES, build_prompt_from_template, parse_template, unescape_cli
@@ -97,12 +97,24 @@ def test_every_preset_preprocesses_from_the_local_copy(tmp_path, preset):
 
 @needs_shared
 def test_ag_news_preset_is_the_original_ag_news_records():
+    """The original's prompt layout, written out by hand from the chosen demonstrations."""
     train, test = load_ag_news(str(SHARED / "ag_news"))
     data = load_dataset(preset="ag_news", data_dir=str(SHARED / "ag_news"))
+    words = ["World", "Sports", "Business", "Science and technology"]
+    demos = select_demonstrations(train, 2, 5, 4)
+    expected = {
+        "direct": ("".join(f"Article: {ex.text}\nCategory: {words[ex.label]}\n" for ex in demos)
+                   + "Article: {text}\nCategory:", "{label_word}"),
+        "channel": ("".join(f"Category: {words[ex.label]}\nArticle: {ex.text}\n" for ex in demos)
+                    + "Category: {label_word}\nArticle:", "{text}"),
+    }
     for method in ("direct", "channel"):
-        want = build_records(method, train, test, k=2, seed=5, n_sample=20)
         got = make_records(data, method, k=2, seed=5, n_sample=20)
-        assert [{key: v for key, v in r.items() if key != "meta"} for r in got] == want
+        assert got == build_records(method, train, test, k=2, seed=5, n_sample=20)
+        assert len(got) == 20 and {r["ground_truth"] for r in got} == set(words)
+        for r in got:
+            assert (r["prompt"], r["completion"]) == expected[method]
+            assert r["label_words"] == words and r["text"] == test[r["index"]].text
 
 
 @needs_shared

@@ -7,7 +7,9 @@ is the number of checkpoint shards; the remaining factor of the world size is da
 
 from __future__ import annotations
 
+import atexit
 import builtins
+import datetime
 import os
 import sys
 from dataclasses import dataclass
@@ -108,6 +110,9 @@ def setup_runtime(
         dev = torch.device("cuda", local_rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        # Without this, gloo's threads can still be alive at interpreter exit and abort the
+        # process ("terminate called without an active exception") after a successful run.
+        atexit.register(_close_process_group)
     if model_parallel_size > 1:
         from fairscale.nn.model_parallel import initialize as fs_init
 
@@ -118,6 +123,19 @@ def setup_runtime(
     if quiet_workers and rank > 0:
         sys.stdout = open(os.devnull, "w")
     return Runtime(rank, world_size, local_rank, model_parallel_size, dev, resolve_dtype(dtype, dev))
+
+
+def _close_process_group() -> None:
+    if not dist.is_initialized():
+        return
+    try:  # no rank tears down while another still talks to it; bounded if a rank has died
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except Exception:
+        pass
+    dist.destroy_process_group()
 
 
 def print0(*args: Any, **kwargs: Any) -> None:

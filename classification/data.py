@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from classification.errors import ClassificationError
-from classification.templates import AG_NEWS_LABEL_WORDS, TEMPLATES, build_prompt, has_placeholder
+from classification.templates import AG_NEWS_LABEL_WORDS, has_placeholder
 
 N_CLASSES = len(AG_NEWS_LABEL_WORDS)
 
@@ -171,8 +171,6 @@ def preprocess(
     """
     from classification.datasets import preprocess_dataset
 
-    if method not in TEMPLATES:
-        raise ClassificationError(f"unknown method {method!r} for inputs; use one of {sorted(TEMPLATES)}")
     return preprocess_dataset(
         preset="ag_news", method=method, data_path=data_path, k=k, seed=seed, sample=sample, n_sample=n_sample,
         data_dir=data_dir,

@@ -41,10 +41,10 @@ from classification.fileio import check_output_path, file_sha256, write_json_ato
 from classification.lm import LanguageModel
 from classification.metrics import calibration_metrics, classification_metrics
 from classification.records import METHODS, load_direct_outputs, load_records
+from classification.scoring import SCORING_MODES as SCORINGS
 
 DEFAULT_CKPT_DIR = "checkpoints/smollm2/135M"
 DEFAULT_TOKENIZER_PATH = "checkpoints/smollm2/tokenizer.json"
-SCORINGS = ("fast", "naive")
 CHUNK_SIZE = 64
 PARTIAL_VERSION = 1
 

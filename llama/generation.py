@@ -44,8 +44,8 @@ def generate(
     """Continue each prompt (token ids) for at most ``max_gen_len`` tokens.
 
     Greedy when temperature is 0.  Each output is cut before EOS or the first stop string.
-    prefix/prefix_len: a cache holding ``prefix_len`` tokens shared by every prompt (one row);
-    ``prompt_tokens`` are then what follows that prefix.
+    prefix/prefix_len: a one-row cache holding the ``prefix_len`` tokens shared by every prompt
+    (attended in place, never copied); ``prompt_tokens`` are then what follows that prefix.
     """
     bsz = len(prompt_tokens)
     device = model.tok_embeddings.weight.device
@@ -60,22 +60,21 @@ def generate(
     tokens = torch.full((bsz, width), tokenizer.eos_id, dtype=torch.long, device=device)
     for row, ids in enumerate(prompt_tokens):
         tokens[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long, device=device)
-    # Cache slots: [prefix | left padding + prompt | generated].
-    slots = torch.arange(total - prefix_len, device=device)
-    valid = torch.cat([torch.ones(bsz, prefix_len, dtype=torch.bool, device=device),
-                       slots[None, :] >= pad[:, None]], dim=1)  # (bsz, total): False on padding
+    # Row cache slots: [left padding + prompt | generated]; the shared prefix stays in its own
+    # one-row cache, which every row attends to in place.
+    slots = torch.arange(width + max_gen_len, device=device)
+    valid = slots[None, :] >= pad[:, None]  # (bsz, slots): False on padding
     positions = prefix_len + (slots[None, :width] - pad[:, None]).clamp(min=0)
-    causal = torch.ones(width, prefix_len + width, dtype=torch.bool, device=device).tril(prefix_len)
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     # Padding queries attend to themselves only, so no row of the mask is empty.
-    mask = (causal[None] & valid[:, None, : prefix_len + width])
-    mask[:, torch.arange(width), prefix_len + torch.arange(width)] = True
-    cache = KVCache.for_model(model, bsz, total)
-    if prefix_len:
-        cache.copy_prefix(prefix, prefix_len)
+    mask = causal[None] & valid[:, None, :width]
+    mask[:, torch.arange(width), torch.arange(width)] = True
+    cache = KVCache.for_model(model, bsz, width + max_gen_len)
+    shared = prefix if prefix_len else None
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
 
     last_at = torch.full((bsz, 1), width - 1, device=device)
-    logits = model(tokens, prefix_len, cache, positions=positions, mask=mask[:, None], logits_at=last_at)
+    logits = model(tokens, 0, cache, positions=positions, mask=mask[:, None], logits_at=last_at, prefix=shared)
     out: List[List[int]] = [[] for _ in range(bsz)]
     done = [False] * bsz
     texts = [""] * bsz
@@ -96,7 +95,8 @@ def generate(
             done[row] = hit
         if all(done) or step == max_gen_len - 1:
             break
-        slot = prefix_len + width + step
+        slot = width + step
         step_pos = (torch.full((bsz,), width + step, device=device) - pad + prefix_len)[:, None]
-        logits = model(nxt[:, None], slot, cache, positions=step_pos, mask=valid[:, None, None, : slot + 1])
+        logits = model(nxt[:, None], slot, cache, positions=step_pos, mask=valid[:, None, None, : slot + 1],
+                       prefix=shared)
     return texts

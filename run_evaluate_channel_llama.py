@@ -23,7 +23,7 @@ def main(
         tokenizer_path: the model's tokenizer file (tokenizer.model or tokenizer.json).
         max_seq_len: longest sequence in tokens; longer test texts are shortened to fit.
         max_batch_size: most sequences in one forward pass.
-        dtype: fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).
+        dtype: fp32, fp16 or bf16 (default: bf16 on CUDA where supported, else fp16; fp32 on CPU).
         device: cpu or cuda (default: cuda when available).
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos (also score EOS after the text), none, or newline (score a newline).

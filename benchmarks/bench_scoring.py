@@ -4,12 +4,16 @@
     python benchmarks/bench_scoring.py --random_init params_7b.json --dtype bf16 --n_examples 7600
 
 Per method it prints examples/s, tokens through the model, speed-up, the largest log-prob
-difference between the two paths, and whether every prediction is identical.
+difference between the two paths, whether every prediction is identical, and the peak memory
+beyond the weights (CUDA: max allocated; CPU: the process's peak RSS, which also counts the
+Python runtime, minus the weights' bytes).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -55,11 +59,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def peak_bytes(device: torch.device) -> int:
+    """Peak memory so far: CUDA max allocated, or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def shared_context(records: List[dict], method: str) -> str:
+    """Longest common prefix of every context the method scores (what the runner caches)."""
+    contexts = [icl.request(r, r["text"], y)[0] for r in records for y in r["label_words"]]
+    return os.path.commonprefix(contexts)
+
+
 def _run(lm: LlamaLM, method: str, records: List[dict]) -> Dict[str, object]:
     lm.tokens_processed = 0
     lm._prefix = None  # every timed run computes its own prefix
+    recs = records["channel" if method == "channel" else "direct"]
     _sync(lm.device)
     start = time.perf_counter()
+    if lm.scoring == "fast":
+        lm.set_shared_prefix(shared_context(recs, method))
     if method == "calibrate":
         results = icl.direct(lm, records["direct"])
         p_cf = icl.content_free_probs(lm, records["direct"][0])
@@ -96,7 +120,7 @@ def main(
         ckpt_dir: checkpoint to load (ignored with --random_init).
         tokenizer_path: tokenizer file.
         random_init: a params.json: random weights of that shape instead of a checkpoint.
-        dtype: fp32, bf16 or fp16 (default fp32 on CPU, fp16 on CUDA).
+        dtype: fp32, bf16 or fp16 (default fp32 on CPU; bf16 on CUDA where supported, else fp16).
         device: cpu or cuda (default cuda when available).
         max_batch_size: upper bound on rows per forward pass.
         max_batch_tokens: token budget per forward pass of the fast path (default by device).
@@ -120,21 +144,28 @@ def main(
     wanted = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
     print(f"model: {model_name} | device: {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}, "
           f"{torch.get_num_threads()} threads) | dtype: {dt} | examples: {len(records['direct'])} | k: {k}")
-    print("| method | naive ex/s | fast ex/s | naive tokens | fast tokens | speed-up | max abs Δ log-prob | same predictions |")
-    print("|---|---|---|---|---|---|---|---|")
+    weights = weight_bytes(model)
+    print(f"weights: {weights / 2**30:.2f} GiB")
+    print("| method | naive ex/s | fast ex/s | naive tokens | fast tokens | speed-up | max abs Δ log-prob | "
+          "same predictions | fast s | fast tokens/s | fast peak beyond weights |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for method in wanted:
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         fast = _run(LlamaLM(model, tok, max_batch_size, True, "fast", max_batch_tokens), method, records)
+        beyond = f"{(peak_bytes(dev) - weights) / 2**30:.2f} GiB"
         n = len(records["direct"])
+        timing = f"{fast['seconds']:.1f} | {fast['tokens'] / fast['seconds']:,.0f} | {beyond}"
         if skip_naive:
-            print(f"| {method} | - | {n / fast['seconds']:.2f} | - | {fast['tokens']:,} | - | - | - |"
-                  f"  ({fast['seconds']:.1f} s)")
+            print(f"| {method} | - | {n / fast['seconds']:.2f} | - | {fast['tokens']:,} | - | - | - | {timing} |")
+            sys.stdout.flush()
             continue
         naive = _run(LlamaLM(model, tok, max_batch_size, True, "naive"), method, records)
         delta = max(abs(a - b) for ra, rb in zip(naive["results"], fast["results"])
                     for a, b in zip(ra["log_probs"], rb["log_probs"]))
         same = all(ra["prediction"] == rb["prediction"] for ra, rb in zip(naive["results"], fast["results"]))
         print(f"| {method} | {n / naive['seconds']:.2f} | {n / fast['seconds']:.2f} | {naive['tokens']:,} | "
-              f"{fast['tokens']:,} | {naive['seconds'] / fast['seconds']:.1f}x | {delta:.2e} | {same} |")
+              f"{fast['tokens']:,} | {naive['seconds'] / fast['seconds']:.1f}x | {delta:.2e} | {same} | {timing} |")
         sys.stdout.flush()
 
 

@@ -144,23 +144,34 @@ class LlamaLM:
 
     def encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
         """Tokenize jointly and split where the context's own tokens stop matching."""
+        return self.encode_pairs([(context, continuation)])[0]
+
+    def encode_pairs(self, requests: Sequence[Tuple[str, str]]) -> List[Tuple[List[int], List[int]]]:
+        """``encode_pair`` of every request; each distinct string is tokenized once, in a batch."""
         bos = bool(getattr(self.tokenizer, "add_bos", True))
-        whole = self.tokenizer.encode(context + continuation, bos=bos, eos=False)
-        ctx = self.tokenizer.encode(context, bos=bos, eos=False)
-        n = common_prefix_len([whole, ctx])
-        cont = whole[n:]
-        if self.append_eos:
-            cont = cont + [self.tokenizer.eos_id]
-        if not cont:
-            raise ValueError(f"empty continuation after tokenization: {continuation!r}")
-        if n == 0:
-            raise ValueError("a context must have at least one token (the tokenizer adds no BOS)")
-        return whole[:n], cont
+        texts = list(dict.fromkeys(s for c, x in requests for s in (c, c + x)))
+        if hasattr(self.tokenizer, "encode_many"):
+            ids = dict(zip(texts, self.tokenizer.encode_many(texts, bos=bos)))
+        else:
+            ids = {t: self.tokenizer.encode(t, bos=bos, eos=False) for t in texts}
+        out = []
+        for context, continuation in requests:
+            whole, ctx = ids[context + continuation], ids[context]
+            n = common_prefix_len([whole, ctx])
+            cont = whole[n:]
+            if self.append_eos:
+                cont = cont + [self.tokenizer.eos_id]
+            if not cont:
+                raise ValueError(f"empty continuation after tokenization: {continuation!r}")
+            if n == 0:
+                raise ValueError("a context must have at least one token (the tokenizer adds no BOS)")
+            out.append((whole[:n], cont))
+        return out
 
     # -- scoring -----------------------------------------------------------------------------
 
     def loglikelihood(self, requests: Sequence[Tuple[str, str]]) -> List[float]:
-        pairs = [self.encode_pair(c, x) for c, x in requests]
+        pairs = self.encode_pairs(requests)
         for ctx, cont in pairs:
             if len(ctx) + len(cont) - 1 > self.max_seq_len:
                 raise ValueError(
@@ -329,7 +340,10 @@ class LlamaLM:
         seed: Optional[int] = None,
     ) -> List[str]:
         bos = bool(getattr(self.tokenizer, "add_bos", True))
-        prompts = [self.tokenizer.encode(c, bos=bos, eos=False) for c in contexts]
+        if hasattr(self.tokenizer, "encode_many"):
+            prompts = self.tokenizer.encode_many(list(contexts), bos=bos)
+        else:
+            prompts = [self.tokenizer.encode(c, bos=bos, eos=False) for c in contexts]
         if not prompts:
             return []
         plen = self._split_len(prompts) if self.scoring == "fast" else 0  # demonstrations computed once

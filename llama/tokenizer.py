@@ -44,6 +44,14 @@ class Tokenizer:
         ids = self._encode(s)
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
+    def encode_many(self, texts: list[str], bos: bool) -> list[list[int]]:
+        """``encode`` of many texts at once (backends with a batch encoder run it in parallel)."""
+        head = [self.bos_id] if bos else []
+        return [head + ids for ids in self._encode_many(texts)]
+
+    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+        return [self._encode(t) for t in texts]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special/control tokens (BOS, EOS, ...) are dropped, as SentencePiece does."""
         return self._decode([int(i) for i in ids])
@@ -168,6 +176,9 @@ class HFTokenizer(Tokenizer):
     def _encode(self, s: str) -> list[int]:
         assert isinstance(s, str), f"expected str, got {type(s).__name__}"
         return self.tok.encode(s, add_special_tokens=False).ids
+
+    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
     def _decode(self, ids: list[int]) -> str:
         # The tokenizer.json's decoder (ByteLevel for GPT-2-style BPE) maps byte symbols such as "Ġ"

@@ -8,7 +8,7 @@ was built with ``append_eos``).  Direct and channel differ only in their templat
 - direct:    prompt "...Article: {text}\\nCategory:",   completion "{label_word}"
 - channel:   prompt "...Category: {label_word}\\nArticle:", completion "{text}"
 - calibrate: the direct run's saved log-probs re-scored post hoc (no second pass over the test
-  set), one of :data:`CALIBRATIONS`; every calibrated score is renormalized over the labels
+  set), one of :data:`classification.calibrations.CALIBRATIONS`; every calibrated score is renormalized over the labels
   (log-softmax), so ``log_probs`` of a calibrated output are normalized label log-probs:
 
   - ``na``:    contextual calibration (Zhao et al. 2021) as in the original: p = softmax(direct
@@ -42,7 +42,6 @@ COMPLETION_ENDS: Tuple[str, ...] = ("eos", "none", "newline")
 NONE_PREDICTION = "none"
 DEFAULT_CONTENT_FREE: Tuple[str, ...] = ("N/A",)
 CBU_CONTENT_FREE: Tuple[str, ...] = ("N/A", "", "[MASK]")
-CALIBRATIONS: Tuple[str, ...] = ("na", "cbu", "dcpmi", "batch")
 # When the longest label's request is this close to the limit, every label's request is counted.
 _EXACT_MARGIN = 4
 

@@ -25,11 +25,11 @@ from classification.cli import as_list
 from classification.datasets import PRESETS, Dataset, load_dataset, make_records
 from classification.errors import ClassificationError
 from classification.fileio import write_json_atomic
-from classification.methods import CALIBRATIONS
+from classification.calibrations import CALIBRATIONS
 from classification.table import method_label
 from classification.templates import parse_template, unescape_cli
 
-SEED_METHODS = ("direct",) + CALIBRATIONS + ("channel", "generate")
+SEED_METHODS = ("direct",) + tuple(CALIBRATIONS) + ("channel", "generate")
 SPEC_KEYS = ("preset", "data_dir", "train", "test", "hub", "text_column", "label_column", "label_words",
              "test_size", "split_seed", "name", "templates", "instruction")
 SUMMARY_METRICS = ("accuracy", "macro_f1", "ece")
@@ -174,7 +174,7 @@ def run_seeds(
         raise ClassificationError(f"--n_sample must be an integer, 0 (all) or more, got {n_sample!r}")
     data = load_spec(dataset, data_dir)
     root = Path(out_dir or f"outputs/{data.name}/k{k}")
-    needed = {"direct"} if any(m in chosen for m in ("direct", "generate") + CALIBRATIONS) else set()
+    needed = {"direct"} if any(m in chosen for m in ("direct", "generate") + tuple(CALIBRATIONS)) else set()
     needed |= {"channel"} if "channel" in chosen else set()
     inputs: Dict[int, Dict[str, str]] = {}
     for seed in seed_list:  # every seed's inputs first: a bad k or sample fails before any scoring

@@ -53,6 +53,7 @@ def check_output_path(path: str, flag: str = "--output_path", inputs: Sequence[s
 
 
 def file_sha256(path: str) -> str:
+    """sha256 of a whole file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

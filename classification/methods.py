@@ -32,6 +32,7 @@ Test texts too long for ``lm.max_seq_len`` are shortened token-wise (:func:`fit_
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from classification.errors import ClassificationError
@@ -323,3 +324,21 @@ def batch_calibrate(all_log_probs: Sequence[Sequence[float]], batch_size: Option
     """Batch calibration: log-softmax of (log-softmax(lp_i) - mean of its batch), for every record."""
     means = batch_means(all_log_probs, batch_size)
     return [log_softmax([a - m for a, m in zip(log_softmax(lp), mean)]) for lp, mean in zip(all_log_probs, means)]
+
+
+def shared_context(records: Sequence[Record], method: str) -> str:
+    """The longest common string prefix of every context ``method`` will score for ``records``.
+
+    direct and channel: the contexts of every record and label word (a test text may be
+    shortened, so contexts with an empty text count too); generate: the prompts; calibrate: "".
+    """
+    if method == "calibrate" or not records:
+        return ""
+    contexts: List[str] = []
+    for record in records:
+        for text in (record["text"], ""):
+            if method == "generate":
+                contexts.append(fill(record["prompt"], text=text))
+            else:
+                contexts.extend(request(record, text, word)[0] for word in record["label_words"])
+    return os.path.commonprefix(contexts)

@@ -10,17 +10,27 @@ twice; a fingerprint mismatch starts over.  The files go once the output is writ
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
+import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
+from classification.fileio import file_sha256, write_json_atomic
+
 CHUNK_SIZE = 64
-PARTIAL_VERSION = 1
+SAVE_EVERY_S = 10.0
+FIRST_CHUNK = 8  # examples in the first chunk, before the speed is known
+PARTIAL_VERSION = 2
+# Files up to this size are hashed whole; larger ones (weights) by size, mtime and their ends.
+WHOLE_HASH_BYTES = 64 << 20
+END_BYTES = 1 << 20
 
 Result = Dict[str, Any]
 
@@ -64,16 +74,54 @@ def shard(positions: Sequence[int], dp_rank: int, dp_size: int) -> List[int]:
     return list(positions[dp_rank::dp_size])
 
 
+def file_digest(path: str) -> Dict[str, Any]:
+    """What identifies a file's content cheaply: its sha256, or for a large file its size, mtime
+    and a hash of its first and last MiB (so a file rewritten in place with the same size fails)."""
+    st = os.stat(path)
+    if st.st_size <= WHOLE_HASH_BYTES:
+        return {"sha256": file_sha256(path)}
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(END_BYTES))
+        f.seek(-END_BYTES, os.SEEK_END)
+        h.update(f.read(END_BYTES))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ends_sha256": h.hexdigest()}
+
+
+def files_fingerprint(path: str) -> Dict[str, Any]:
+    """:func:`file_digest` of a file, or of every file in a folder (by name); a missing path is
+    recorded as missing (a model given as an object, in tests)."""
+    p = Path(path)
+    if p.is_file():
+        return file_digest(str(p))
+    if p.is_dir():
+        return {f.name: file_digest(str(f)) for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")}
+    return {"missing": str(path)}
+
+
+def differing_keys(old: Any, new: Dict[str, Any]) -> List[str]:
+    """The top-level fingerprint keys whose values differ (all of them when ``old`` is no dict)."""
+    if not isinstance(old, dict):
+        return sorted(new)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def all_finite(result: Result) -> bool:
+    lps = result.get("log_probs")
+    return lps is None or all(isinstance(x, (int, float)) and math.isfinite(x) for x in lps)
+
+
 def read_partials(
     output_path: str, fingerprint: Dict[str, Any], n: int
 ) -> Tuple[Dict[int, Result], Dict[str, List[str]]]:
     """Results already in partial files made with ``fingerprint``; also each file's valid lines.
 
-    Lines that do not parse (a line cut short by a kill) are skipped; files with another
-    fingerprint are ignored.
+    Lines that do not parse (a line cut short by a kill) or hold a non-finite score are skipped;
+    files with another fingerprint are ignored, with one line saying what changed.
     """
     done: Dict[int, Result] = {}
     lines_by_file: Dict[str, List[str]] = {}
+    stale: List[str] = []
     for path in partial_files(output_path):
         try:
             with open(path, encoding="utf-8") as f:
@@ -85,6 +133,8 @@ def read_partials(
         except (json.JSONDecodeError, IndexError):
             continue
         if not isinstance(header, dict) or header.get("fingerprint") != fingerprint:
+            old = header.get("fingerprint") if isinstance(header, dict) else None
+            stale.extend(k for k in differing_keys(old, fingerprint) if k not in stale)
             continue
         kept = [lines[0]]
         for line in lines[1:]:
@@ -95,9 +145,13 @@ def read_partials(
             pos = entry.get("pos") if isinstance(entry, dict) else None
             if not isinstance(pos, int) or not 0 <= pos < n or not isinstance(entry.get("result"), dict):
                 continue
+            if not all_finite(entry["result"]):
+                continue
             kept.append(line)
             done.setdefault(pos, entry["result"])
         lines_by_file[path] = kept
+    if stale and not done:
+        print(f"Starting over: the partial results of {output_path} were made with another {', '.join(stale)}")
     return done, lines_by_file
 
 
@@ -132,13 +186,16 @@ def run_resumable(
     runtime: Any,
     chunk_size: int = CHUNK_SIZE,
     desc: str = "",
+    save_every_s: float = SAVE_EVERY_S,
 ) -> Optional[Tuple[Dict[int, Result], int]]:
     """Score every position of ``order`` once, in chunks, across data-parallel ranks, resumably.
 
     Positions already in partial files with this ``fingerprint`` are skipped; the rest are
     strided over the ranks (:func:`shard`), and each rank appends its results to its own partial
-    file after every chunk.  Returns ({position: result}, number resumed) on the main rank, None
-    on the others.
+    file after every chunk.  A chunk is at most ``chunk_size`` examples and, at the measured
+    speed, about ``save_every_s`` seconds of work (the first is ``FIRST_CHUNK``), so a killed
+    run of any size keeps what it finished.  Returns ({position: result}, number resumed) on the
+    main rank, None on the others.
     """
     is_main = bool(runtime.is_main)
     dp_rank, dp_size = int(runtime.dp_rank), int(runtime.dp_size)
@@ -153,13 +210,18 @@ def run_resumable(
     new: List[Tuple[int, Result]] = []
     try:
         with tqdm(total=len(mine), desc=desc, unit="ex", disable=not is_main) as bar:
-            for i in range(0, len(mine), chunk_size):
-                positions = mine[i : i + chunk_size]
+            i, size = 0, min(chunk_size, FIRST_CHUNK)
+            while i < len(mine):
+                positions = mine[i : i + size]
+                tick = time.monotonic()
                 entries = list(zip(positions, score(positions)))
                 if writer is not None:
                     writer.append(entries)
                 new.extend(entries)
                 bar.update(len(positions))
+                i += len(positions)
+                per_example = max(time.monotonic() - tick, 1e-6) / len(positions)
+                size = max(1, min(chunk_size, int(save_every_s / per_example), 2 * size))
     finally:
         if writer is not None:
             writer.close()
@@ -176,18 +238,33 @@ def run_resumable(
     return results, len(done)
 
 
-def finished(output_path: str, fingerprint: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The metrics of a finished run with this fingerprint, else None."""
+def read_metrics(output_path: str) -> Optional[Dict[str, Any]]:
+    """The metrics written beside ``output_path`` when they belong to that very output file
+    (their ``output_sha256``), else None: a kill between the two writes leaves a mismatched pair."""
     try:
         with open(metrics_path(output_path), encoding="utf-8") as f:
             metrics = json.load(f)
     except (OSError, ValueError):
         return None
-    if isinstance(metrics, dict) and metrics.get("fingerprint") == fingerprint and Path(output_path).is_file():
+    if not isinstance(metrics, dict) or not Path(output_path).is_file():
+        return None
+    if metrics.get("output_sha256") != file_sha256(output_path):
+        return None
+    return metrics
+
+
+def finished(output_path: str, fingerprint: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The metrics of a finished run with this fingerprint, else None."""
+    metrics = read_metrics(output_path)
+    if metrics is not None and metrics.get("fingerprint") == fingerprint:
         return metrics
     return None
 
 
-def remove_partials(output_path: str) -> None:
+def write_finished(output_path: str, outputs: Any, metrics: Dict[str, Any]) -> None:
+    """Write the output, then its metrics carrying the output's hash, then drop the partials."""
+    write_json_atomic(output_path, outputs, indent=2)
+    metrics["output_sha256"] = file_sha256(output_path)
+    write_json_atomic(metrics_path(output_path), metrics, indent=2)
     for path in partial_files(output_path):
         os.unlink(path)

@@ -19,6 +19,8 @@ of the fingerprint: the predictions do not depend on them.
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -26,12 +28,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from classification import methods
 from classification.calibrations import Calibration, CalibrationOptions, calibration_class
 from classification.errors import ClassificationError
-from classification.fileio import check_output_path, file_sha256, write_json_atomic
+from classification.fileio import check_output_path, file_sha256
 from classification.lm import LanguageModel
 from classification.metrics import calibration_metrics, classification_metrics
 from classification.records import METHODS, load_direct_outputs, load_records
 from classification.resume import (
-    CHUNK_SIZE, LocalRuntime, finished, metrics_path, partial_path, remove_partials, run_resumable, shard,
+    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, partial_path,
+    read_metrics, run_resumable, shard, write_finished,
 )
 from classification.scoring import SCORING_MODES as SCORINGS
 
@@ -39,6 +42,7 @@ __all__ = ["evaluate", "load_model", "metrics_path", "partial_path", "shard", "D
 
 DEFAULT_CKPT_DIR = "checkpoints/smollm2/135M"
 DEFAULT_TOKENIZER_PATH = "checkpoints/smollm2/tokenizer.json"
+MODEL_CHECK_FRACTION = 0.75  # see check_model_fits
 
 Result = Dict[str, Any]
 
@@ -92,14 +96,24 @@ def _check_flags(
         raise ClassificationError(f"--top_p must be in (0, 1], got {top_p!r}")
 
 
-def _check_direct_run(direct_output_path: str, completion_end: str) -> None:
-    """Calibration must score content-free inputs the way the direct run scored labels."""
+def _check_direct_run(direct_output_path: str, data_path: str, completion_end: str) -> None:
+    """The direct outputs must come from this very input file (the input hash their metrics
+    record), and calibration must score content-free inputs the way the direct run scored labels."""
     path = metrics_path(direct_output_path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            used = json.load(f).get("completion_end")
-    except (OSError, ValueError, AttributeError):
-        return
+    metrics = read_metrics(direct_output_path)
+    rerun = f"rerun run_evaluate_direct_llama.py --data_path {data_path} --output_path {direct_output_path}"
+    if metrics is None:
+        raise ClassificationError(
+            f"--direct_output_path {direct_output_path}: no metrics file {path} of that very output to show "
+            f"which inputs it came from; {rerun}"
+        )
+    recorded = (metrics.get("fingerprint") or {}).get("data_sha256")
+    if recorded != file_sha256(data_path):
+        raise ClassificationError(
+            f"--direct_output_path {direct_output_path} was produced from other inputs than {data_path} "
+            f"(input sha256 {str(recorded)[:12]}, not {file_sha256(data_path)[:12]}); {rerun}"
+        )
+    used = metrics.get("completion_end")
     if used is not None and used != completion_end:
         raise ClassificationError(
             f"the direct outputs were scored with --completion_end {used} (see {path}); "
@@ -122,6 +136,12 @@ def make_scorer(
 ) -> Callable[[List[int]], List[Result]]:
     """positions -> results for ``method`` (calibrations are prepared here, once)."""
     label_words: List[str] = records[0]["label_words"]
+    for i, out in enumerate(direct_outputs):
+        if not all_finite(out):
+            raise ClassificationError(
+                f"direct output record {i} (index {records[i]['index']}) has a non-finite log-prob; "
+                "rerun the direct method with --dtype bf16 or --dtype fp32"
+            )
     if calibration is not None:
         direct_lp = [o["log_probs"] for o in direct_outputs]
         calibration.prepare(lm, records, direct_lp)
@@ -140,6 +160,77 @@ def make_scorer(
         return lambda positions: methods.generate(lm, [records[p] for p in positions], **(generation or {}))
     score_fn = getattr(methods, method)
     return lambda positions: score_fn(lm, [records[p] for p in positions], completion_end)
+
+
+def check_finite(
+    score: Callable[[List[int]], List[Result]], records: Sequence[Dict[str, Any]], dtype: Optional[str]
+) -> Callable[[List[int]], List[Result]]:
+    """``score`` that stops, before anything is stored, at the first non-finite log-prob."""
+
+    def checked(positions: List[int]) -> List[Result]:
+        results = score(positions)
+        for p, result in zip(positions, results):
+            if not all_finite(result):
+                raise ClassificationError(
+                    f"record {p} (index {records[p]['index']}) got a non-finite log-prob {result.get('log_probs')} "
+                    f"with dtype {dtype}; rerun with --dtype bf16 or --dtype fp32"
+                )
+        return results
+
+    return checked
+
+
+def precision_used(lm: Any, runtime: Any, dtype: Optional[str], device: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """(dtype, device) as used, e.g. ("bfloat16", "cpu"): the runtime's or the model's when there
+    is one, else what loading would pick for these flags; a model object without weights (a test
+    double) keeps the flags."""
+    if runtime is not None and hasattr(runtime, "dtype") and hasattr(runtime, "device"):
+        return str(runtime.dtype).replace("torch.", ""), str(runtime.device)
+    model = getattr(lm, "model", None)
+    if model is not None:
+        return str(next(model.parameters()).dtype).replace("torch.", ""), str(lm.device)
+    if lm is not None:
+        return dtype, device
+    import torch
+
+    from llama.runtime import resolve_dtype
+
+    try:
+        dev = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, TypeError):
+        raise ClassificationError(f"--device {device!r} is not a torch device; use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ClassificationError(f"--device {device!r} is not supported; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ClassificationError(f"--device {device} but torch sees no CUDA device here; use --device cpu")
+    try:
+        return str(resolve_dtype(dtype, dev)).replace("torch.", ""), dev.type
+    except ValueError as e:
+        raise ClassificationError(f"--dtype: {e}") from None
+
+
+def check_model_fits(lm: Any, records: Sequence[Dict[str, Any]], method: str, check_model: bool) -> Optional[float]:
+    """Give the model the prefix shared by the whole file (it caches it once) and, with
+    ``check_model``, stop when the model predicts that prefix hardly better than uniform.
+
+    A model that belongs to its params and tokenizer predicts its own prompt far better than
+    log V nats per token (SmolLM2-135M on the ag_news demonstrations: about a third of log V;
+    random weights of the same shape: log V or more), while a wrong tokenizer, params that
+    contradict the weights or corrupted weights land near log V.  The threshold is 0.75 log V.
+    """
+    setter = getattr(lm, "set_shared_prefix", None)
+    if setter is None or method not in ("direct", "channel", "generate"):
+        return None
+    nll = setter(methods.shared_context(records, method))
+    if check_model and nll is not None:
+        log_v = math.log(lm.tokenizer.n_words)
+        if not nll <= MODEL_CHECK_FRACTION * log_v:
+            raise ClassificationError(
+                f"the model's mean loss on the demonstration prefix is {nll:.2f} nats/token, near uniform "
+                f"(log V = {log_v:.2f}): checkpoint, params and tokenizer do not belong together "
+                "(--check_model False skips this check, e.g. for random weights)"
+            )
+    return nll
 
 
 def build_outputs(records: Sequence[Dict[str, Any]], results: Dict[int, Result], method: str) -> List[Dict[str, Any]]:
@@ -215,7 +306,10 @@ def evaluate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 1,
+    quantize: str = "none",
+    check_model: bool = True,
     chunk_size: int = CHUNK_SIZE,
+    save_every_s: float = SAVE_EVERY_S,
     lm: Optional[LanguageModel] = None,
     runtime: Optional[Any] = None,
     reuse: bool = False,
@@ -227,7 +321,8 @@ def evaluate(
     are re-scored with ``calibration`` (one of :data:`classification.calibrations.CALIBRATIONS`)
     without a second pass over the test set.  ``lm``/``runtime``: use this language model (and
     runtime; default single process) instead of loading ``ckpt_dir``.  Returns the metrics on
-    the main rank, None elsewhere.
+    the main rank, None elsewhere.  ``check_model``: stop when the model predicts the shared
+    demonstration prefix hardly better than uniform (:func:`check_model_fits`).
     """
     start = time.time()
     _check_flags(
@@ -246,23 +341,35 @@ def evaluate(
             )
         calibrator = calibration_cls(options, records)
         direct_outputs = load_direct_outputs(direct_output_path, records)
-        _check_direct_run(direct_output_path, completion_end)
+        _check_direct_run(direct_output_path, data_path, completion_end)
         inputs.append(direct_output_path)
     check_output_path(output_path, inputs=inputs)
 
-    settings: Dict[str, Any] = {"method": method, "max_seq_len": max_seq_len, "dtype": dtype, "scoring": scoring}
+    needs_model = calibration_cls is None or calibration_cls.needs_model
+    if not needs_model and runtime is None and int(os.environ.get("RANK", "0")) != 0:
+        return None  # no model, so no process group: under torchrun rank 0 alone does the work
+
+    settings: Dict[str, Any] = {"method": method, "max_seq_len": max_seq_len, "scoring": scoring}
+    if needs_model:
+        settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
+        settings["quantize"] = quantize
     generation = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
     if method == "generate":
         settings.update(generation)
     else:
         settings["completion_end"] = completion_end
-    fingerprint: Dict[str, Any] = {
-        **settings, "data_sha256": file_sha256(data_path), "ckpt_dir": ckpt_dir, "tokenizer_path": tokenizer_path,
-    }
-    if calibration_cls is not None:
-        assert direct_output_path is not None
-        fingerprint.update(calibration=calibration, direct_output_sha256=file_sha256(direct_output_path))
-        fingerprint.update(calibrator.settings())
+
+    def fingerprint_of(settings: Dict[str, Any]) -> Dict[str, Any]:
+        fingerprint = {**settings, "data_sha256": file_sha256(data_path)}
+        if needs_model:  # what is behind the paths, not their names
+            fingerprint.update(model_files=files_fingerprint(ckpt_dir), tokenizer_files=files_fingerprint(tokenizer_path))
+        if calibration_cls is not None:
+            assert direct_output_path is not None
+            fingerprint.update(calibration=calibration, direct_output_sha256=file_sha256(direct_output_path))
+            fingerprint.update(calibrator.settings())
+        return fingerprint
+
+    fingerprint = fingerprint_of(settings)
     if reuse:
         done = finished(output_path, fingerprint)
         if done is not None:
@@ -270,25 +377,28 @@ def evaluate(
                 print(f"Up to date: {output_path} (accuracy {done['accuracy']:.4f})")
             return done if runtime is None or runtime.is_main else None
 
-    needs_model = calibration_cls is None or calibration_cls.needs_model
     if lm is None and needs_model:
         lm, runtime = load_model(
             ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring,
             append_eos=completion_end == "eos",
         )
+        settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
+        fingerprint = fingerprint_of(settings)
     elif lm is not None and method != "generate" and bool(lm.append_eos) != (completion_end == "eos"):
         raise ClassificationError(
             f"--completion_end {completion_end} needs a model built with append_eos={completion_end == 'eos'}"
         )
     runtime = runtime if runtime is not None else LocalRuntime()
+    prefix_nll = check_model_fits(lm, records, method, check_model)
 
     score = make_scorer(
         method, lm, records, completion_end, calibrator if calibration_cls is not None else None, direct_outputs,
         generation,
     )
+    score = check_finite(score, records, settings.get("dtype"))
     # Longest texts first (even batches, early failure on memory); ties in record order.
     order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
-    gathered = run_resumable(score, order, output_path, fingerprint, runtime, chunk_size, desc=method)
+    gathered = run_resumable(score, order, output_path, fingerprint, runtime, chunk_size, method, save_every_s)
     metrics: Optional[Dict[str, Any]] = None
     if gathered is not None:
         results, n_resumed = gathered
@@ -296,16 +406,14 @@ def evaluate(
         settings.pop("seed", None)
         settings.update(
             model=ckpt_dir, tokenizer=tokenizer_path, data_path=data_path, output_path=output_path,
-            n_resumed=n_resumed, device=device, dp_size=int(runtime.dp_size),
+            n_resumed=n_resumed, dp_size=int(runtime.dp_size), prefix_nll=prefix_nll,
         )
         if calibration_cls is not None:
             settings.update(calibration=calibration, direct_output_path=direct_output_path, **calibrator.summary())
         metrics = compute_metrics(records, outputs, method, settings)
         metrics["wall_time_s"] = round(time.time() - start, 3)
         metrics["fingerprint"] = fingerprint
-        write_json_atomic(output_path, outputs, indent=2)
-        write_json_atomic(metrics_path(output_path), metrics, indent=2)
-        remove_partials(output_path)
+        write_finished(output_path, outputs, metrics)
         report(output_path, method, metrics)
     runtime.barrier()
     return metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -110,6 +111,11 @@ def load_direct_outputs(path: str, records: List[Dict[str, Any]]) -> List[Dict[s
             raise ClassificationError(f"{where} has no log_probs list{hint}")
         if len(out["log_probs"]) != n_labels or not all(isinstance(x, (int, float)) for x in out["log_probs"]):
             raise ClassificationError(f"{where}: log_probs needs {n_labels} numbers{hint}")
+        if not all(math.isfinite(x) for x in out["log_probs"]):
+            raise ClassificationError(
+                f"{where} has a non-finite log-prob {out['log_probs']}; rerun the direct method with "
+                "--dtype bf16 or --dtype fp32"
+            )
         if out.get("index", rec["index"]) != rec["index"]:
             raise ClassificationError(f"{where} has index {out.get('index')} but the input has {rec['index']}{hint}")
     return data

@@ -136,12 +136,6 @@ def make_scorer(
 ) -> Callable[[List[int]], List[Result]]:
     """positions -> results for ``method`` (calibrations are prepared here, once)."""
     label_words: List[str] = records[0]["label_words"]
-    for i, out in enumerate(direct_outputs):
-        if not all_finite(out):
-            raise ClassificationError(
-                f"direct output record {i} (index {records[i]['index']}) has a non-finite log-prob; "
-                "rerun the direct method with --dtype bf16 or --dtype fp32"
-            )
     if calibration is not None:
         direct_lp = [o["log_probs"] for o in direct_outputs]
         calibration.prepare(lm, records, direct_lp)

@@ -57,6 +57,7 @@ class FakeLM:
         fail_after_calls: Optional[int] = None,
         generator: Optional[Callable[[str], str]] = None,
         requests: Optional[Counter] = None,
+        prefix_nll: Optional[float] = None,
     ) -> None:
         self.tokenizer = WhitespaceTokenizer()
         self.max_seq_len = max_seq_len
@@ -67,6 +68,13 @@ class FakeLM:
         self.requests: Counter = requests if requests is not None else Counter()
         self.batches: List[List[Tuple[str, str]]] = []
         self.contexts: List[str] = []
+        self.prefix_nll = prefix_nll
+        self.shared_prefixes: List[str] = []
+
+    def set_shared_prefix(self, text: str) -> Optional[float]:
+        """Records the prefix; returns the mean loss the test chose (None: too short to tell)."""
+        self.shared_prefixes.append(text)
+        return self.prefix_nll
 
     def _tick(self) -> None:
         self.calls += 1

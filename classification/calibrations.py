@@ -159,11 +159,13 @@ class DCPMI(Calibration):
 
 @register
 class Batch(Calibration):
-    """Batch calibration (Zhou et al. 2023): no model; the batch is the test set or blocks of it."""
+    """Batch calibration (Zhou et al. 2023): minus the log of the batch's mean label probability;
+    no model; the batch is the test set or blocks of it."""
 
     name = "batch"
     flags = ("batch_size",)
     needs_model = False
+    average: ClassVar[str] = "probs"
 
     def __init__(self, options: CalibrationOptions, records: Sequence[Record]) -> None:
         super().__init__(options, records)
@@ -171,17 +173,25 @@ class Batch(Calibration):
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
             raise ClassificationError(f"--batch_size must be a positive integer, got {size!r}")
         self.calibrated: List[List[float]] = []
-        self.means: List[List[float]] = []
+        self.priors: List[List[float]] = []
 
     def settings(self) -> Dict[str, Any]:
         return {"batch_size": self.options.batch_size}
 
     def prepare(self, lm, records, direct_log_probs) -> None:
-        self.means = methods.batch_means(direct_log_probs, self.options.batch_size)
-        self.calibrated = methods.batch_calibrate(direct_log_probs, self.options.batch_size)
+        self.priors = methods.batch_log_priors(direct_log_probs, self.options.batch_size, self.average)
+        self.calibrated = methods.batch_calibrate(direct_log_probs, self.options.batch_size, self.average)
 
     def apply(self, pos, record, direct_log_probs) -> Dict[str, Any]:
         return {"log_probs": self.calibrated[pos]}
 
     def summary(self) -> Dict[str, Any]:
-        return {"batch_size": self.options.batch_size, "batch_mean_log_probs": self.means[0] if self.means else None}
+        return {"batch_size": self.options.batch_size, "batch_log_prior": self.priors[0] if self.priors else None}
+
+
+@register
+class BatchLogMean(Batch):
+    """Batch calibration with the mean of the batch's log-probs as the log prior (not the paper's)."""
+
+    name = "batch_logmean"
+    average = "log_probs"

@@ -20,10 +20,12 @@ was built with ``append_eos``).  Direct and channel differ only in their templat
                score(y) = log p(y | x, prompt) - log p(y | domain premise), the premise being
                the template's text after ``{text}`` ("Category:" for ag_news).  Scores only the
                label words after the premise.
-  - ``batch``: batch calibration (Zhou et al. 2023): with l(y|x) = log-softmax of the direct
-               log-probs, score(y|x_i) = l(y|x_i) - mean over the batch j of l(y|x_j); the batch
-               is the whole test set (or consecutive blocks of ``batch_size`` records).  Needs
-               no model at all.
+  - ``batch``: batch calibration (Zhou et al. 2023): with p(y|x) = softmax of the direct
+               log-probs, score(y|x_i) = log p(y|x_i) - log of the mean over the batch j of
+               p(y|x_j); the batch is the whole test set (or consecutive blocks of ``batch_size``
+               records).  Needs no model at all.
+  - ``batch_logmean``: the same with the mean of the log-probs in place of the log of the mean
+               probability (what ``batch`` computed before it followed the paper).
 - generate:  greedy continuation of the direct prompt, parsed back to a label word
 
 Test texts too long for ``lm.max_seq_len`` are shortened token-wise (:func:`fit_text`).
@@ -234,10 +236,12 @@ def calibrate(
 
 
 def parse_generation(generation: str, label_words: Sequence[str]) -> str:
-    """The label word the generation starts with (case-insensitive, longest match), else "none"."""
+    """The label word the generation starts with as a whole word (case-insensitive, longest
+    match: "World news" and "World." name World, "Worldwide" does not), else "none"."""
     text = generation.strip().lower()
     for word in sorted(label_words, key=len, reverse=True):
-        if word and text.startswith(word.lower()):
+        w = word.lower()
+        if w and text.startswith(w) and not (len(text) > len(w) and text[len(w)].isalnum() and w[-1].isalnum()):
             return word
     return NONE_PREDICTION
 
@@ -262,8 +266,10 @@ def generate(
         text, cut = fit_text(lm, record["text"], needed, what)
         contexts.append(fill(record["prompt"], text=text))
         shortened.append(cut)
+    # One seed per record (from its index), so a sample does not depend on chunks or batches.
+    seeds = None if seed is None else [(seed * 1_000_003 + int(r.get("index", 0))) % (1 << 63) for r in records]
     generations = (
-        lm.generate_until(contexts, max_gen_len, stop=("\n",), temperature=temperature, top_p=top_p, seed=seed)
+        lm.generate_until(contexts, max_gen_len, stop=("\n",), temperature=temperature, top_p=top_p, seed=seeds)
         if contexts
         else []
     )
@@ -308,22 +314,39 @@ def dcpmi_log_probs(log_probs: Sequence[float], premise_lp: Sequence[float]) -> 
     return log_softmax([a - b for a, b in zip(log_probs, premise_lp)])
 
 
-def batch_means(all_log_probs: Sequence[Sequence[float]], batch_size: Optional[int] = None) -> List[List[float]]:
-    """Per record, the mean normalized label log-prob of its batch (all records when batch_size is None)."""
+BATCH_AVERAGES: Tuple[str, ...] = ("probs", "log_probs")
+
+
+def batch_log_priors(
+    all_log_probs: Sequence[Sequence[float]], batch_size: Optional[int] = None, average: str = "probs"
+) -> List[List[float]]:
+    """Per record, the log label prior of its batch (all records when batch_size is None).
+
+    ``average="probs"``: log of the mean of the normalized label probabilities, the contextual
+    prior of Batch Calibration (Zhou et al. 2023).  ``"log_probs"``: the mean of the normalized
+    label log-probs (a geometric mean of the probabilities).
+    """
+    if average not in BATCH_AVERAGES:
+        raise ValueError(f"average must be one of {BATCH_AVERAGES}, not {average!r}")
     n = len(all_log_probs)
     size = n if batch_size is None else batch_size
-    means: List[List[float]] = []
+    priors: List[List[float]] = []
     for start in range(0, n, max(1, size)):
         block = [log_softmax(lp) for lp in all_log_probs[start : start + size]]
-        mean = [sum(col) / len(block) for col in zip(*block)]
-        means.extend([mean] * len(block))
-    return means
+        if average == "probs":
+            prior = [math.log(sum(math.exp(x) for x in col) / len(block)) for col in zip(*block)]
+        else:
+            prior = [sum(col) / len(block) for col in zip(*block)]
+        priors.extend([prior] * len(block))
+    return priors
 
 
-def batch_calibrate(all_log_probs: Sequence[Sequence[float]], batch_size: Optional[int] = None) -> List[List[float]]:
-    """Batch calibration: log-softmax of (log-softmax(lp_i) - mean of its batch), for every record."""
-    means = batch_means(all_log_probs, batch_size)
-    return [log_softmax([a - m for a, m in zip(log_softmax(lp), mean)]) for lp, mean in zip(all_log_probs, means)]
+def batch_calibrate(
+    all_log_probs: Sequence[Sequence[float]], batch_size: Optional[int] = None, average: str = "probs"
+) -> List[List[float]]:
+    """Batch calibration: log-softmax of (log-softmax(lp_i) - its batch's log prior), per record."""
+    priors = batch_log_priors(all_log_probs, batch_size, average)
+    return [log_softmax([a - m for a, m in zip(log_softmax(lp), prior)]) for lp, prior in zip(all_log_probs, priors)]
 
 
 def shared_context(records: Sequence[Record], method: str) -> str:

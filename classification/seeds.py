@@ -29,7 +29,9 @@ from classification.calibrations import CALIBRATIONS
 from classification.table import method_label
 from classification.templates import parse_template, unescape_cli
 
-SEED_METHODS = ("direct",) + tuple(CALIBRATIONS) + ("channel", "generate")
+ALL_METHODS = ("direct",) + tuple(CALIBRATIONS) + ("channel", "generate")
+# The default --methods: every method but the variants kept for comparison.
+SEED_METHODS = tuple(m for m in ALL_METHODS if m != "batch_logmean")
 SPEC_KEYS = ("preset", "data_dir", "train", "test", "hub", "text_column", "label_column", "label_words",
              "test_size", "split_seed", "name", "templates", "instruction")
 SUMMARY_METRICS = ("accuracy", "macro_f1", "ece")
@@ -84,9 +86,9 @@ def _list(value: Union[str, int, Sequence[Any]], flag: str) -> List[Any]:
 
 def check_methods(methods: Union[str, Sequence[str]]) -> List[str]:
     chosen = [str(m) for m in _list(methods, "--methods")]
-    unknown = [m for m in chosen if m not in SEED_METHODS]
+    unknown = [m for m in chosen if m not in ALL_METHODS]
     if unknown:
-        raise ClassificationError(f"--methods: unknown {unknown[0]!r}; use some of {', '.join(SEED_METHODS)}")
+        raise ClassificationError(f"--methods: unknown {unknown[0]!r}; use some of {', '.join(ALL_METHODS)}")
     if len(set(chosen)) != len(chosen):
         raise ClassificationError(f"--methods has duplicates: {chosen}")
     calibrations = [m for m in chosen if m in CALIBRATIONS]
@@ -94,7 +96,7 @@ def check_methods(methods: Union[str, Sequence[str]]) -> List[str]:
         raise ClassificationError(
             f"calibration {calibrations[0]} needs the direct run's files: add direct to --methods"
         )
-    return sorted(chosen, key=SEED_METHODS.index)
+    return sorted(chosen, key=ALL_METHODS.index)
 
 
 def check_seeds(seeds: Union[str, int, Sequence[Any]]) -> List[int]:

@@ -70,6 +70,7 @@ class FakeLM:
         self.contexts: List[str] = []
         self.prefix_nll = prefix_nll
         self.shared_prefixes: List[str] = []
+        self.seeds: List[Optional[int]] = []
 
     def set_shared_prefix(self, text: str) -> Optional[float]:
         """Records the prefix; returns the mean loss the test chose (None: too short to tell)."""
@@ -116,10 +117,11 @@ class FakeLM:
         stop: Sequence[str] = ("\n",),
         temperature: float = 0.0,
         top_p: float = 1.0,
-        seed: Optional[int] = None,
+        seed=None,
     ) -> List[str]:
         self._tick()
         out = []
+        self.seeds.extend(seed if isinstance(seed, (list, tuple)) else [seed] * len(contexts))
         for c in contexts:
             self.contexts.append(c)
             g = (self.generator or self.default_generation)(c)

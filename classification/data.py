@@ -17,7 +17,7 @@ import csv
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from classification.errors import ClassificationError
 from classification.templates import AG_NEWS_LABEL_WORDS, has_placeholder
@@ -32,13 +32,21 @@ class Example:
     index: int  # position in its split
 
 
+def _decoded(rows: Iterable[List[str]], path: Path) -> Iterator[List[str]]:
+    """``rows`` with a file that is not UTF-8 turned into a one-line error."""
+    try:
+        yield from rows
+    except UnicodeDecodeError as e:
+        raise ClassificationError(f"{path}: not UTF-8 text (byte {e.start} of a read block: {e.reason})") from None
+
+
 def read_ag_news_csv(path: Path, n_classes: int = N_CLASSES) -> List[Example]:
     """Read one ``ag_news_csv`` file (``"class","title","description"`` rows, no header)."""
     examples: List[Example] = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         # The same dialect as the Hugging Face ag_news loader.
         reader = csv.reader(f, quotechar='"', delimiter=",", quoting=csv.QUOTE_ALL, skipinitialspace=True)
-        for row in reader:
+        for row in _decoded(reader, path):
             where = f"{path}:{reader.line_num}"
             if len(row) != 3:
                 raise ClassificationError(

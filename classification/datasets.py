@@ -182,25 +182,31 @@ def read_rows(path: Path, fmt: Optional[str] = None) -> Iterator[Tuple[str, Dict
     kind = _file_format(path, fmt)
     if not path.is_file():
         raise ClassificationError(f"{path}: file not found")
+    line_no = 0
     try:
+        # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first column.
         if kind == "csv":
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 for row in reader:
                     if None in row:
                         raise ClassificationError(f"{path}:{reader.line_num}: more fields than the header has")
                     yield f"{path}:{reader.line_num}", row
             return
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             if kind == "json":
                 data = json.load(f)
                 if not isinstance(data, list):
                     raise ClassificationError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
                 items = [(f"{path}: item {i}", row) for i, row in enumerate(data)]
             else:
-                items = [(f"{path}:{i + 1}", json.loads(line)) for i, line in enumerate(f) if line.strip()]
+                items = []
+                for line_no, line in enumerate(f, 1):
+                    if line.strip():
+                        items.append((f"{path}:{line_no}", json.loads(line)))
     except json.JSONDecodeError as e:
-        raise ClassificationError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        line = line_no if kind == "jsonl" else e.lineno
+        raise ClassificationError(f"{path}: invalid JSON at line {line} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError:
         raise ClassificationError(f"{path}: not UTF-8 text") from None
     for where, row in items:
@@ -292,7 +298,11 @@ def read_labels_txt(folder: Path) -> Optional[List[str]]:
     path = folder / "labels.txt"
     if not path.is_file():
         return None
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ClassificationError(f"{path}: not UTF-8 text") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def load_local(

@@ -192,9 +192,9 @@ def precision_used(lm: Any, runtime: Any, dtype: Optional[str], device: Optional
     try:
         dev = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     except (RuntimeError, TypeError):
-        raise ClassificationError(f"--device {device!r} is not a torch device; use cpu or cuda") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ClassificationError(f"--device {device!r} is not supported; use cpu or cuda")
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ClassificationError(f"--device {device!r} is not one of cpu, cuda (or cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ClassificationError(f"--device {device} but torch sees no CUDA device here; use --device cpu")
     try:

@@ -283,3 +283,30 @@ def test_hub_without_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ClassificationError, match="needs the `datasets` package"):
         load_dataset(preset="trec")
+
+
+def test_non_utf8_ag_news_csv_and_labels_txt_are_one_line_errors(tmp_path):
+    good = '"1","Title","Body"\n"2","Other","Text"\n"3","More","Words"\n"4","Last","One"\n'
+    (tmp_path / "train.csv").write_text(good)
+    (tmp_path / "test.csv").write_bytes(good.encode() + b'"1","Caf\xe9","latin-1 bytes"\n')
+    p = run("run_preprocess_direct_ag_news.py", "--data_dir", str(tmp_path), "--data_path", str(tmp_path / "o.json"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+    assert "test.csv: not UTF-8" in p.stderr
+    (tmp_path / "a.csv").write_text("text,label\ngood film,1\nbad film,0\n")
+    (tmp_path / "labels.txt").write_bytes(b"n\xe9gatif\npositif\n")
+    with pytest.raises(ClassificationError, match=r"labels\.txt: not UTF-8"):
+        load_dataset(train=str(tmp_path / "a.csv"), test=str(tmp_path / "a.csv"))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    (tmp_path / "a.csv").write_bytes("\ufefftext,label\ngood film,1\nbad film,0\n".encode("utf-8"))
+    (tmp_path / "labels.txt").write_bytes("\ufeffbad\ngood\n".encode("utf-8"))
+    ds = load_dataset(train=str(tmp_path / "a.csv"), test=str(tmp_path / "a.csv"))
+    assert [ex.text for ex in ds.test] == ["good film", "bad film"] and ds.label_words == ["bad", "good"]
+
+
+def test_a_broken_jsonl_line_is_reported_by_its_file_line(tmp_path):
+    rows = ['{"text": "good", "label": 1}', "", '{"text": "bad", "label": 0}', '{"text": "oops" "label": 0}']
+    (tmp_path / "a.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ClassificationError, match=r"invalid JSON at line 4 column 17"):
+        load_dataset(train=str(tmp_path / "a.jsonl"), test=str(tmp_path / "a.jsonl"), label_words=["bad", "good"])

@@ -342,3 +342,36 @@ def test_batch_calibration_under_torchrun_has_one_writer(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     m = runner.evaluate("calibrate", data, str(out), direct_output_path=direct_out, calibration="batch")
     assert m["n"] == len(recs) and out.is_file()
+
+
+def test_duplicate_indices_and_empty_label_words_are_refused(tmp_path):
+    data, recs = write_inputs(tmp_path)
+    dup = tmp_path / "dup.json"
+    dup.write_text(json.dumps([recs[0], {**recs[1], "index": recs[0]["index"]}] + recs[2:]))
+    with pytest.raises(ClassificationError, match=rf"record 1: index {recs[0]['index']} is also record 0's"):
+        runner.evaluate("direct", str(dup), str(tmp_path / "o.json"), lm=FakeLM())
+    empty = tmp_path / "empty.json"
+    words = ["World", " ", "Business", "Science and technology"]
+    empty.write_text(json.dumps([{**r, "label_words": words, "ground_truth": "World"} for r in recs]))
+    with pytest.raises(ClassificationError, match="label_words has an empty word"):
+        runner.evaluate("direct", str(empty), str(tmp_path / "o.json"), lm=FakeLM())
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "--device 'tpu' is not one of cpu, cuda"),
+                                             ("meta", "--device 'meta' is not one of cpu, cuda"),
+                                             ("cuda", "--device cuda but torch sees no CUDA device")])
+def test_unusable_devices_are_one_line_errors(tmp_path, device, message):
+    import subprocess
+    import sys
+
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    data, _ = write_inputs(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, str(root / "run_evaluate_direct_llama.py"), "--data_path", data,
+                        "--output_path", str(tmp_path / "o.json"), "--device", device],
+                       cwd=root, capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+    assert p.stderr.startswith(f"error: {message}")

@@ -56,11 +56,22 @@ def load_model(
     device: Optional[str],
     scoring: str,
     append_eos: bool,
+    verify_checkpoint: Optional[bool] = None,
 ) -> Tuple[LanguageModel, Any]:
-    """Load the real model and its runtime (``classification.scoring.load_lm``)."""
+    """Load the real model and its runtime (``classification.scoring.load_lm``), after checking
+    the files against Meta's ``checklist.chk`` when ``verify_checkpoint`` (None: when there is one)."""
     for flag, path in (("--ckpt_dir", ckpt_dir), ("--tokenizer_path", tokenizer_path)):
         if not Path(path).exists():
             raise ClassificationError(f"{flag} {path} does not exist; run `make setup` or pass {flag}")
+    if verify_checkpoint is not False:
+        from llama.verify import CHECKLIST, VerifyError, verify_checklist
+
+        if verify_checkpoint and not (Path(ckpt_dir) / CHECKLIST).is_file():
+            raise ClassificationError(f"--verify_checkpoint: {ckpt_dir} has no {CHECKLIST} to verify against")
+        try:
+            verify_checklist(ckpt_dir, show_progress=int(os.environ.get("RANK", "0")) == 0)
+        except VerifyError as e:
+            raise ClassificationError(str(e)) from None
     if dtype is not None:
         from llama.runtime import DTYPES
 
@@ -302,6 +313,7 @@ def evaluate(
     seed: int = 1,
     quantize: str = "none",
     check_model: bool = True,
+    verify_checkpoint: Optional[bool] = None,
     chunk_size: int = CHUNK_SIZE,
     save_every_s: float = SAVE_EVERY_S,
     lm: Optional[LanguageModel] = None,
@@ -317,6 +329,7 @@ def evaluate(
     runtime; default single process) instead of loading ``ckpt_dir``.  Returns the metrics on
     the main rank, None elsewhere.  ``check_model``: stop when the model predicts the shared
     demonstration prefix hardly better than uniform (:func:`check_model_fits`).
+    ``verify_checkpoint``: check Meta's ``checklist.chk`` (None: when the checkpoint has one).
     """
     start = time.time()
     _check_flags(
@@ -374,7 +387,7 @@ def evaluate(
     if lm is None and needs_model:
         lm, runtime = load_model(
             ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring,
-            append_eos=completion_end == "eos",
+            append_eos=completion_end == "eos", verify_checkpoint=verify_checkpoint,
         )
         settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
         fingerprint = fingerprint_of(settings)

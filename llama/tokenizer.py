@@ -14,6 +14,7 @@ the caller decides, and ``add_bos`` tells it what the model was trained with.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -28,6 +29,10 @@ __all__ = [
 ]
 
 _USAGE = "pass a tokenizer.model (SentencePiece), a tokenizer.json (Hugging Face) or a directory holding one"
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be used; the message names the file and the fix."""
 
 
 class Tokenizer:
@@ -188,13 +193,35 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                 return load_tokenizer(p / name)
         raise FileNotFoundError(f"No tokenizer.model or tokenizer.json in directory {p}; {_USAGE}")
     suffix = p.suffix.lower()
-    if suffix == ".model":
-        return SentencePieceTokenizer(p)
+    # Mistral ships SentencePiece models as tokenizer.model.v1, .v3, ...
+    if suffix == ".model" or re.fullmatch(r"\.model\.v\d+\w*", "".join(p.suffixes[-2:]).lower()):
+        try:
+            return SentencePieceTokenizer(p)
+        except (RuntimeError, OSError) as e:
+            raise TokenizerError(f"{p}: not a SentencePiece model ({_first_line(e)}); {_USAGE}") from None
     if suffix == ".json":
-        return HFTokenizer(p)
+        head = _read_json_quietly(p)
+        if isinstance(head, dict) and "vocab" in head and "config" in head and "model" not in head:
+            raise TokenizerError(f"{p} is a Mistral tekken tokenizer, which is not supported; {_USAGE}")
+        try:
+            return HFTokenizer(p)
+        except Exception as e:  # the tokenizers library raises bare Exceptions on foreign JSON
+            raise TokenizerError(f"{p}: not a Hugging Face tokenizer.json ({_first_line(e)}); {_USAGE}") from None
     if suffix == ".gguf":
         return HFTokenizer.from_gguf(p)
-    raise ValueError(f"Unknown tokenizer file type {p.name!r} ({p}); {_USAGE}")
+    raise TokenizerError(f"Unknown tokenizer file type {p.name!r} ({p}); {_USAGE}")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _read_json_quietly(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------- GGUF

@@ -80,7 +80,7 @@ def file_digest(path: str) -> Dict[str, Any]:
     st = os.stat(path)
     if st.st_size <= WHOLE_HASH_BYTES:
         return {"sha256": file_sha256(path)}
-    h = hashlib.sha256()
+    h = hashlib.sha256()  # over two reads, so not file_sha256
     with open(path, "rb") as f:
         h.update(f.read(END_BYTES))
         f.seek(-END_BYTES, os.SEEK_END)

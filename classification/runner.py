@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -77,6 +78,12 @@ def load_model(
 
         if str(dtype).lower() not in DTYPES:
             raise ClassificationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    from llama.verify import trained_context
+
+    context, source = trained_context(ckpt_dir)
+    if context is not None and max_seq_len > context:
+        print(f"warning: --max_seq_len {max_seq_len} is above the {context} tokens the model was trained for "
+              f"({source}); longer prompts are extrapolated: pass --max_seq_len {context}", file=sys.stderr)
     from classification.scoring import load_lm
 
     return load_lm(

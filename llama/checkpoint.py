@@ -21,6 +21,7 @@ from torch import Tensor
 from llama import verify
 from llama.model import ModelArgs, Transformer
 from llama.parallel import shard_dim
+from llama.tokenizer import gguf_field
 
 StateDict = Dict[str, Tensor]
 
@@ -271,9 +272,7 @@ def write_hf(args: ModelArgs, state: StateDict, out_dir: Path) -> None:
 GGUF_SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 
-def _gguf_field(reader, key: str, default=None):
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
+_gguf_field = gguf_field  # one GGUF metadata reader (llama.tokenizer's)
 
 
 def read_gguf(path: Path) -> Tuple[ModelArgs, StateDict]:

@@ -252,7 +252,8 @@ def _byte_alphabet() -> dict[int, str]:
     return {b: chr(b) if b in keep else chr(next(extra)) for b in range(256)}
 
 
-def _field(reader: Any, name: str, default: Any = None) -> Any:
+def gguf_field(reader: Any, name: str, default: Any = None) -> Any:
+    """A GGUF metadata value (``gguf.GGUFReader``), or ``default`` when the key is absent."""
     field = reader.fields.get(name)
     return default if field is None else field.contents()
 
@@ -267,16 +268,16 @@ def tokenizer_json_from_gguf(reader: Any) -> tuple[str, dict]:
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
     from tokenizers import Tokenizer as _HFTok
 
-    kind = _field(reader, "tokenizer.ggml.model")
+    kind = gguf_field(reader, "tokenizer.ggml.model")
     if kind == "llama":
         raise NotImplementedError("GGUF holds a SentencePiece vocabulary (tokenizer.ggml.model='llama'); "
                                   "use the original tokenizer.model with SentencePieceTokenizer instead")
     if kind != "gpt2":
         raise NotImplementedError(f"GGUF tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' BPE)")
-    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
-    types: list[int] = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
-    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    tokens: list[str] = gguf_field(reader, "tokenizer.ggml.tokens")
+    types: list[int] = gguf_field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    merges = [tuple(m.split(" ", 1)) for m in gguf_field(reader, "tokenizer.ggml.merges", [])]
+    pre = gguf_field(reader, "tokenizer.ggml.pre", "default")
     if pre not in _PRE:
         warnings.warn(f"GGUF pre-tokenizer {pre!r} is unknown; falling back to GPT-2's split, which may differ")
     digits, split = _PRE.get(pre, (False, None))
@@ -292,11 +293,11 @@ def tokenizer_json_from_gguf(reader: Any) -> tuple[str, dict]:
         vocab.setdefault(t, i)
 
     def tok_id(key: str) -> Optional[int]:
-        v = _field(reader, f"tokenizer.ggml.{key}")
+        v = gguf_field(reader, f"tokenizer.ggml.{key}")
         return int(v) if v is not None and 0 <= int(v) < len(tokens) else None
 
     bos, eos, unk, pad = (tok_id(k) for k in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id"))
-    add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", False))
+    add_bos = bool(gguf_field(reader, "tokenizer.ggml.add_bos_token", False))
 
     tok = _HFTok(models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False,
                             ignore_merges=pre in _IGNORE_MERGES))

@@ -15,9 +15,10 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
 
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported only where tensors are checked (preprocessing never needs it)
+    from torch import Tensor
 
 CHECKLIST = "checklist.chk"
 PADDING_MULTIPLES = (64, 128, 256)
@@ -122,7 +123,31 @@ def check_params_match_config(ckpt_dir: str | Path) -> None:
             )
 
 
-def check_finite(tensors: Iterable[Tuple[str, Tensor]], path: str) -> None:
+def trained_context(path: str | Path) -> Tuple[Optional[int], str]:
+    """(context length the model was trained for, where it was read) from an HF ``config.json``
+    (``max_position_embeddings``) or GGUF metadata (``<arch>.context_length``); (None, "") when
+    the checkpoint does not say (Meta's params.json does not)."""
+    p = Path(path)
+    config = p / "config.json"
+    if p.is_dir() and config.is_file():
+        try:
+            value = json.loads(config.read_text()).get("max_position_embeddings")
+        except (ValueError, OSError, AttributeError):
+            value = None
+        return (int(value), str(config)) if isinstance(value, int) else (None, "")
+    gguf_files = [p] if p.suffix == ".gguf" else sorted(p.glob("*.gguf")) if p.is_dir() else []
+    if gguf_files and gguf_files[0].is_file():
+        import gguf
+
+        from llama.tokenizer import gguf_field
+
+        reader = gguf.GGUFReader(str(gguf_files[0]))
+        value = gguf_field(reader, f"{gguf_field(reader, 'general.architecture', 'llama')}.context_length")
+        return (int(value), str(gguf_files[0])) if value is not None else (None, "")
+    return None, ""
+
+
+def check_finite(tensors: Iterable[Tuple[str, "Tensor"]], path: str) -> None:
     """Every floating-point tensor must hold only finite values (corrupted bytes decode to inf/NaN)."""
     import torch
 

@@ -4,6 +4,7 @@ import hashlib
 import importlib.resources
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,48 @@ def test_params_json_that_contradicts_config_json(tmp_path):
     (ckpt / "config.json").write_text(json.dumps({**config, "num_attention_heads": 4, "num_key_value_heads": 1}))
     with pytest.raises(CheckpointError, match="n_heads 2 .* num_attention_heads 4"):
         load_model(str(ckpt))
+
+
+def test_max_seq_len_above_the_trained_context_is_warned_about(tmp_path, capsys, monkeypatch):
+    import classification.scoring
+
+    ckpt = tiny_meta(tmp_path / "m")
+    (ckpt / "config.json").write_text(json.dumps({"max_position_embeddings": 512, "num_attention_heads": 2}))
+    monkeypatch.setattr(classification.scoring, "load_lm", lambda *a, **k: (None, None))
+    runner.load_model(str(ckpt), str(ckpt / "params.json"), 2048, 1, None, "cpu", "fast", True)
+    err = capsys.readouterr().err
+    assert "--max_seq_len 2048 is above the 512 tokens" in err and "config.json" in err
+    runner.load_model(str(ckpt), str(ckpt / "params.json"), 512, 1, None, "cpu", "fast", True)
+    assert capsys.readouterr().err == ""
+
+
+def test_trained_context_of_the_default_gguf(default_gguf):
+    from llama.verify import trained_context
+
+    assert trained_context(default_gguf) == (8192, str(default_gguf))
+
+
+def test_install_default_reconverts_a_same_size_different_source(tmp_path, default_gguf, monkeypatch):
+    import llama.convert as convert
+
+    src = tmp_path / default_gguf.name
+    shutil.copy(default_gguf, src)
+    calls = []
+    out = tmp_path / "out"
+
+    def fake_convert(source, target, to):  # the conversion itself is tested in test_checkpoint
+        calls.append(source)
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for name in ("params.json", "consolidated.00.pth"):
+            (Path(target) / name).write_text("x")
+
+    monkeypatch.setattr(convert, "convert", fake_convert)
+    monkeypatch.setattr("llama.tokenizer.write_tokenizer_from_gguf", lambda s, o: (out / "tokenizer.json").write_text("{}"))
+    convert.install_default(str(tmp_path / "out"), str(src))
+    convert.install_default(str(tmp_path / "out"), str(src))
+    assert len(calls) == 1  # unchanged source: nothing rewritten
+    data = bytearray(src.read_bytes())
+    data[-100] ^= 0xFF  # same size, other content
+    src.write_bytes(bytes(data))
+    convert.install_default(str(tmp_path / "out"), str(src))
+    assert len(calls) == 2

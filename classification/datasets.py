@@ -39,10 +39,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from classification.cli import as_list
 from classification.data import Example, read_ag_news_csv, sample_test, select_demonstrations
 from classification.errors import ClassificationError
+from classification.methods import TEMPLATE_METHODS
 from classification.fileio import check_output_path, write_json_atomic
 from classification.templates import AG_NEWS_LABEL_WORDS, build_prompt_from_template, parse_template, unescape_cli
 
-METHODS = ("direct", "channel")
 FILE_FORMATS = ("csv", "json", "jsonl", "ag_news_csv")
 DEFAULT_TEMPLATES: Dict[str, str] = {
     "direct": "Input: {text}\nLabel: {label_word}",
@@ -507,8 +507,8 @@ def make_records(
 
     A ``template`` given here replaces the dataset's (and drops the preset's instruction).
     """
-    if method not in METHODS:
-        raise ClassificationError(f"unknown method {method!r} for inputs; use one of {', '.join(METHODS)}")
+    if method not in TEMPLATE_METHODS:
+        raise ClassificationError(f"unknown method {method!r} for inputs; use one of {', '.join(TEMPLATE_METHODS)}")
     for flag, value in (("--k", k), ("--seed", seed), ("--n_sample", n_sample)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise ClassificationError(f"{flag} must be an integer, got {value!r}")
@@ -552,8 +552,8 @@ def preprocess_dataset(
 ) -> List[Dict[str, Any]]:
     """``run_preprocess.py``: resolve the dataset (``source``: :func:`load_dataset`'s flags), build
     ``method`` records and write them to ``data_path``.  ``n_sample`` 0 means the whole test split."""
-    if method not in METHODS:
-        raise ClassificationError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    if method not in TEMPLATE_METHODS:
+        raise ClassificationError(f"--method {method!r} is not one of {', '.join(TEMPLATE_METHODS)}")
     if preset is not None:
         get_preset(preset)
     if template is not None:

@@ -41,6 +41,11 @@ from classification.errors import ClassificationError
 from classification.lm import LanguageModel
 from classification.templates import fill
 
+# Every method; calibrate and generate read direct input records, so only TEMPLATE_METHODS
+# have input records of their own.
+METHODS: Tuple[str, ...] = ("direct", "calibrate", "channel", "generate")
+TEMPLATE_METHODS: Tuple[str, ...] = ("direct", "channel")
+MODEL_METHODS: Tuple[str, ...] = ("direct", "channel", "generate")  # those that score the test set
 COMPLETION_ENDS: Tuple[str, ...] = ("eos", "none", "newline")
 NONE_PREDICTION = "none"
 DEFAULT_CONTENT_FREE: Tuple[str, ...] = ("N/A",)

@@ -10,7 +10,6 @@ from typing import Any, Dict, List, Optional
 from classification.errors import ClassificationError
 
 REQUIRED_KEYS = ("prompt", "completion", "text", "label_words", "ground_truth")
-METHODS = ("direct", "calibrate", "channel", "generate")
 
 
 def read_json(path: str, what: str, flag: str) -> Any:

@@ -32,7 +32,8 @@ from classification.errors import ClassificationError
 from classification.fileio import check_output_path, file_sha256
 from classification.lm import LanguageModel
 from classification.metrics import calibration_metrics, classification_metrics
-from classification.records import METHODS, load_direct_outputs, load_records
+from classification.methods import METHODS
+from classification.records import load_direct_outputs, load_records
 from classification.resume import (
     CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, partial_path,
     read_metrics, run_resumable, shard, write_finished,
@@ -231,7 +232,7 @@ def check_model_fits(lm: Any, records: Sequence[Dict[str, Any]], method: str, ch
     contradict the weights or corrupted weights land near log V.  The threshold is 0.75 log V.
     """
     setter = getattr(lm, "set_shared_prefix", None)
-    if setter is None or method not in ("direct", "channel", "generate"):
+    if setter is None or method not in methods.MODEL_METHODS:
         return None
     nll = setter(methods.shared_context(records, method))
     if check_model and nll is not None:

@@ -40,7 +40,6 @@ class Tokenizer:
 
     bos_id: int
     eos_id: int
-    pad_id: int  # eos when the vocabulary has no pad token: padded positions are masked anyway
     n_words: int
     add_bos: bool  # whether the model was trained with BOS prepended to every sequence
 
@@ -61,7 +60,7 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n_words={self.n_words}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
-                f"pad_id={self.pad_id}, add_bos={self.add_bos})")
+                f"add_bos={self.add_bos})")
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -75,8 +74,6 @@ class SentencePieceTokenizer(Tokenizer):
         self.n_words = self.sp_model.vocab_size()
         self.bos_id = self.sp_model.bos_id()
         self.eos_id = self.sp_model.eos_id()
-        pad = self.sp_model.pad_id()  # -1 for LLaMA: no pad piece
-        self.pad_id = pad if pad >= 0 else self.eos_id
         self.add_bos = True
 
     def _encode(self, s: str) -> list[int]:
@@ -166,8 +163,6 @@ class HFTokenizer(Tokenizer):
                              f"with bos_token and eos_token")
         self.bos_id = bos if bos is not None else eos
         self.eos_id = eos if eos is not None else bos
-        pad = lookup("pad_token", ())
-        self.pad_id = pad if pad is not None else self.eos_id
         self.add_bos = lead == self.bos_id or cfg.get("add_bos_token") is True
 
     def _encode(self, s: str) -> list[int]:

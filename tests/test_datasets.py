@@ -12,7 +12,7 @@ import pytest
 from classification.data import build_records, load_ag_news, select_demonstrations
 from classification.datasets import PRESETS, holdout_split, label_index, load_dataset, make_records, preprocess_dataset
 from classification.errors import ClassificationError
-from classification.templates import TEMPLATES, build_prompt_from_template, parse_template, unescape_cli
+from classification.templates import build_prompt_from_template, parse_template, unescape_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -33,8 +33,11 @@ def run(*args):
 
 
 def test_parse_template_reproduces_the_original_templates():
-    assert parse_template("Article: {text}\nCategory: {label_word}", "direct") == TEMPLATES["direct"]
-    assert parse_template("Category: {label_word}\nArticle: {text}", "channel") == TEMPLATES["channel"]
+    # (demonstration, prompt tail, completion) of sh0416/llama-classification
+    assert parse_template("Article: {text}\nCategory: {label_word}", "direct") == (
+        "Article: {text}\nCategory: {label_word}\n", "Article: {text}\nCategory:", "{label_word}")
+    assert parse_template("Category: {label_word}\nArticle: {text}", "channel") == (
+        "Category: {label_word}\nArticle: {text}\n", "Category: {label_word}\nArticle:", "{text}")
 
 
 def test_template_with_text_after_the_scored_part():

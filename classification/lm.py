@@ -6,7 +6,7 @@ language model for log p(continuation | context).  Tests use a fake model with t
 
 from __future__ import annotations
 
-from typing import List, Optional, Protocol, Sequence, Tuple, Union
+from typing import List, Protocol, Sequence, Tuple, Union
 
 
 class TextTokenizer(Protocol):

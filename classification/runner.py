@@ -18,7 +18,6 @@ of the fingerprint: the predictions do not depend on them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys

@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from classification import runner
 from classification.cli import as_list
-from classification.datasets import PRESETS, Dataset, load_dataset, make_records
+from classification.datasets import Dataset, load_dataset, make_records
+from classification.presets import PRESETS
 from classification.errors import ClassificationError
 from classification.fileio import write_json_atomic
 from classification.calibrations import CALIBRATIONS

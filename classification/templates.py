@@ -16,7 +16,7 @@ completion is the scored placeholder plus whatever follows it.  A demonstration 
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 from classification.errors import ClassificationError
 

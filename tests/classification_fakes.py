@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from classification.data import Example
+from classification.sampling import Example
 
 PUNCT = ".,:;!?\"'()"
 

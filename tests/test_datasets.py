@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from classification.data import build_records, load_ag_news, select_demonstrations
-from classification.datasets import PRESETS, holdout_split, label_index, load_dataset, make_records, preprocess_dataset
+from classification.data import build_records, load_ag_news
+from classification.datasets import load_dataset, make_records, preprocess_dataset
+from classification.presets import PRESETS
+from classification.sampling import holdout_split, select_demonstrations
+from classification.sources import label_index
 from classification.errors import ClassificationError
 from classification.templates import build_prompt_from_template, parse_template, unescape_cli
 
@@ -138,7 +141,7 @@ def test_holdout_split_is_seeded_disjoint_and_independent_of_demo_seed(preset):
 
 
 def test_holdout_split_by_hand():
-    from classification.data import Example
+    from classification.sampling import Example
 
     exs = [Example(str(i), i % 2, i) for i in range(10)]
     train, test = holdout_split(exs, 3, split_seed=0, what="x")
@@ -313,3 +316,22 @@ def test_a_broken_jsonl_line_is_reported_by_its_file_line(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(rows) + "\n")
     with pytest.raises(ClassificationError, match=r"invalid JSON at line 4 column 17"):
         load_dataset(train=str(tmp_path / "a.jsonl"), test=str(tmp_path / "a.jsonl"), label_words=["bad", "good"])
+
+
+def test_local_parquet_files(tmp_path):
+    pytest.importorskip("datasets")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"sentence": ["good film", "bad film", "great", "awful"], "y": [1, 0, 1, 0]}),
+                   tmp_path / "train.parquet")
+    ds = load_dataset(train=str(tmp_path / "train.parquet"), test=str(tmp_path / "train.parquet"),
+                      text_column="sentence", label_column="y", label_words=["bad", "good"])
+    assert [(ex.text, ex.label) for ex in ds.test] == [("good film", 1), ("bad film", 0), ("great", 1), ("awful", 0)]
+
+
+def test_parquet_without_datasets_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    (tmp_path / "train.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ClassificationError, match="parquet needs the `datasets` package"):
+        load_dataset(train=str(tmp_path / "train.parquet"), test=str(tmp_path / "train.parquet"), label_words=["a", "b"])

@@ -345,6 +345,7 @@ def evaluate(
     options = CalibrationOptions(content_free, domain_premise, batch_size, completion_end)
     calibration_cls = calibration_class(calibration, options) if method == "calibrate" else None
     records = load_records(data_path, method)
+    calibrator: Optional[Calibration] = None
     direct_outputs: List[Dict[str, Any]] = []
     inputs = [data_path]
     if calibration_cls is not None:
@@ -359,7 +360,7 @@ def evaluate(
         inputs.append(direct_output_path)
     check_output_path(output_path, inputs=inputs)
 
-    needs_model = calibration_cls is None or calibration_cls.needs_model
+    needs_model = calibrator is None or calibrator.needs_model
     if not needs_model and runtime is None and int(os.environ.get("RANK", "0")) != 0:
         return None  # no model, so no process group: under torchrun rank 0 alone does the work
 
@@ -377,7 +378,7 @@ def evaluate(
         fingerprint = {**settings, "data_sha256": file_sha256(data_path)}
         if needs_model:  # what is behind the paths, not their names
             fingerprint.update(model_files=files_fingerprint(ckpt_dir), tokenizer_files=files_fingerprint(tokenizer_path))
-        if calibration_cls is not None:
+        if calibrator is not None:
             assert direct_output_path is not None
             fingerprint.update(calibration=calibration, direct_output_sha256=file_sha256(direct_output_path))
             fingerprint.update(calibrator.settings())
@@ -405,10 +406,7 @@ def evaluate(
     runtime = runtime if runtime is not None else LocalRuntime()
     prefix_nll = check_model_fits(lm, records, method, check_model)
 
-    score = make_scorer(
-        method, lm, records, completion_end, calibrator if calibration_cls is not None else None, direct_outputs,
-        generation,
-    )
+    score = make_scorer(method, lm, records, completion_end, calibrator, direct_outputs, generation)
     score = check_finite(score, records, settings.get("dtype"))
     # Longest texts first (even batches, early failure on memory); ties in record order.
     order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
@@ -422,7 +420,7 @@ def evaluate(
             model=ckpt_dir, tokenizer=tokenizer_path, data_path=data_path, output_path=output_path,
             n_resumed=n_resumed, dp_size=int(runtime.dp_size), prefix_nll=prefix_nll,
         )
-        if calibration_cls is not None:
+        if calibrator is not None:
             settings.update(calibration=calibration, direct_output_path=direct_output_path, **calibrator.summary())
         metrics = compute_metrics(records, outputs, method, settings)
         metrics["wall_time_s"] = round(time.time() - start, 3)

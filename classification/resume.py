@@ -26,7 +26,6 @@ from classification.fileio import file_sha256, write_json_atomic
 
 CHUNK_SIZE = 64
 SAVE_EVERY_S = 10.0
-FIRST_CHUNK = 8  # examples in the first chunk, before the speed is known
 PARTIAL_VERSION = 2
 # Files up to this size are hashed whole; larger ones (weights) by size, mtime and their ends.
 WHOLE_HASH_BYTES = 64 << 20
@@ -187,14 +186,16 @@ def run_resumable(
     chunk_size: int = CHUNK_SIZE,
     desc: str = "",
     save_every_s: float = SAVE_EVERY_S,
+    min_chunk: int = 16,
 ) -> Optional[Tuple[Dict[int, Result], int]]:
     """Score every position of ``order`` once, in chunks, across data-parallel ranks, resumably.
 
     Positions already in partial files with this ``fingerprint`` are skipped; the rest are
     strided over the ranks (:func:`shard`), and each rank appends its results to its own partial
     file after every chunk.  A chunk is at most ``chunk_size`` examples and, at the measured
-    speed, about ``save_every_s`` seconds of work (the first is ``FIRST_CHUNK``), so a killed
-    run of any size keeps what it finished.  Returns ({position: result}, number resumed) on the
+    speed, about ``save_every_s`` seconds of work, but at least ``min_chunk`` examples (the
+    model's batch, so saving often costs no batching); the first chunk is ``min_chunk``.  So a
+    killed run of any size keeps what it finished.  Returns ({position: result}, number resumed) on the
     main rank, None on the others.
     """
     is_main = bool(runtime.is_main)
@@ -210,7 +211,8 @@ def run_resumable(
     new: List[Tuple[int, Result]] = []
     try:
         with tqdm(total=len(mine), desc=desc, unit="ex", disable=not is_main) as bar:
-            i, size = 0, min(chunk_size, FIRST_CHUNK)
+            floor = max(1, min(chunk_size, min_chunk))
+            i, size = 0, floor
             while i < len(mine):
                 positions = mine[i : i + size]
                 tick = time.monotonic()
@@ -221,7 +223,7 @@ def run_resumable(
                 bar.update(len(positions))
                 i += len(positions)
                 per_example = max(time.monotonic() - tick, 1e-6) / len(positions)
-                size = max(1, min(chunk_size, int(save_every_s / per_example), 2 * size))
+                size = max(floor, min(chunk_size, int(save_every_s / per_example)))
     finally:
         if writer is not None:
             writer.close()

@@ -410,7 +410,9 @@ def evaluate(
     score = check_finite(score, records, settings.get("dtype"))
     # Longest texts first (even batches, early failure on memory); ties in record order.
     order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
-    gathered = run_resumable(score, order, output_path, fingerprint, runtime, chunk_size, method, save_every_s)
+    gathered = run_resumable(
+        score, order, output_path, fingerprint, runtime, chunk_size, method, save_every_s, min_chunk=max_batch_size
+    )
     metrics: Optional[Dict[str, Any]] = None
     if gathered is not None:
         results, n_resumed = gathered

@@ -13,6 +13,7 @@ def main(
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
     max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
     device: str | None = None, scoring: str = "fast", completion_end: str = "eos",
+    check_model: bool = True, verify_checkpoint: bool | None = None,
 ) -> None:
     """Classify each record by log p(label word | prompt); resumable; runs under python or torchrun.
 
@@ -27,6 +28,7 @@ def main(
         device: cpu or cuda (default: cuda when available).
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos (also score EOS after the label), none, or newline (score a newline).
+        check_model, verify_checkpoint: stop if the model predicts its prompt near uniform; check checklist.chk md5s.
     """
     evaluate("direct", **locals())
 

@@ -12,7 +12,6 @@ Python runtime, minus the weights' bytes).
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
@@ -70,12 +69,6 @@ def peak_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def shared_context(records: List[dict], method: str) -> str:
-    """Longest common prefix of every context the method scores (what the runner caches)."""
-    contexts = [icl.request(r, r["text"], y)[0] for r in records for y in r["label_words"]]
-    return os.path.commonprefix(contexts)
-
-
 def _run(lm: LlamaLM, method: str, records: List[dict]) -> Dict[str, object]:
     lm.tokens_processed = 0
     lm._prefix = None  # every timed run computes its own prefix
@@ -83,7 +76,7 @@ def _run(lm: LlamaLM, method: str, records: List[dict]) -> Dict[str, object]:
     _sync(lm.device)
     start = time.perf_counter()
     if lm.scoring == "fast":
-        lm.set_shared_prefix(shared_context(recs, method))
+        lm.set_shared_prefix(icl.shared_context(recs, "channel" if method == "channel" else "direct"))
     if method == "calibrate":
         results = icl.direct(lm, records["direct"])
         p_cf = icl.content_free_probs(lm, records["direct"][0])

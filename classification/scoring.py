@@ -20,7 +20,7 @@ Both compute the same numbers: log p(continuation tokens [+ EOS] | context).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -337,7 +337,7 @@ class LlamaLM:
         stop: Sequence[str] = ("\n",),
         temperature: float = 0.0,
         top_p: float = 1.0,
-        seed: Optional[int] = None,
+        seed: Union[None, int, Sequence[int]] = None,
     ) -> List[str]:
         bos = bool(getattr(self.tokenizer, "add_bos", True))
         if hasattr(self.tokenizer, "encode_many"):
@@ -353,7 +353,8 @@ class LlamaLM:
             for start in range(0, len(prompts), self.max_batch_size):
                 batch = [p[plen:] for p in prompts[start: start + self.max_batch_size]]
                 self.tokens_processed += sum(len(p) for p in batch)
-                out += generate(self.model, self.tokenizer, batch, max_gen_len, temperature, top_p, stop, seed,
+                seeds = seed[start: start + self.max_batch_size] if isinstance(seed, (list, tuple)) else seed
+                out += generate(self.model, self.tokenizer, batch, max_gen_len, temperature, top_p, stop, seeds,
                                 prefix=prefix, prefix_len=plen)
         return out
 

@@ -18,8 +18,10 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from llama import verify
 from llama.model import ModelArgs, Transformer
 from llama.parallel import shard_dim
+from llama.tokenizer import gguf_field
 
 StateDict = Dict[str, Tensor]
 
@@ -270,9 +272,7 @@ def write_hf(args: ModelArgs, state: StateDict, out_dir: Path) -> None:
 GGUF_SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 
-def _gguf_field(reader, key: str, default=None):
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
+_gguf_field = gguf_field  # one GGUF metadata reader (llama.tokenizer's)
 
 
 def read_gguf(path: Path) -> Tuple[ModelArgs, StateDict]:
@@ -371,11 +371,13 @@ def load_model(
     emb_rows = state["tok_embeddings.weight"].shape[0] if "tok_embeddings.weight" in state else None
     if args.vocab_size <= 0:
         args.vocab_size = emb_rows or vocab_size or -1
-    if vocab_size is not None and (vocab_size > args.vocab_size or vocab_size < args.vocab_size // 2):
-        raise CheckpointError(
-            f"tokenizer has {vocab_size} tokens but the checkpoint at {path} has a {args.vocab_size}-token "
-            "vocabulary: pass the --tokenizer_path that belongs to this checkpoint"
-        )
+    try:  # llama.verify: a tokenizer that fits, params that agree with config.json, finite weights
+        if vocab_size is not None:
+            verify.check_vocab(vocab_size, emb_rows or args.vocab_size, path)
+        verify.check_params_match_config(path)
+        verify.check_finite(state.items(), path)
+    except verify.VerifyError as e:
+        raise CheckpointError(str(e)) from None
     with torch.device("meta"):
         model = Transformer(args)
     try:

@@ -6,7 +6,7 @@ padding, so every row is computed exactly as if it were alone.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -37,13 +37,15 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     stop: Sequence[str] = (),
-    seed: Optional[int] = None,
+    seed: Union[None, int, Sequence[int]] = None,
     prefix: Optional[KVCache] = None,
     prefix_len: int = 0,
 ) -> List[str]:
     """Continue each prompt (token ids) for at most ``max_gen_len`` tokens.
 
     Greedy when temperature is 0.  Each output is cut before EOS or the first stop string.
+    seed: one seed for the batch, or one per prompt (each row then samples from its own
+    generator, so its output does not depend on which prompts share its batch).
     prefix/prefix_len: a one-row cache holding the ``prefix_len`` tokens shared by every prompt
     (attended in place, never copied); ``prompt_tokens`` are then what follows that prefix.
     """
@@ -71,7 +73,12 @@ def generate(
     mask[:, torch.arange(width), torch.arange(width)] = True
     cache = KVCache.for_model(model, bsz, width + max_gen_len)
     shared = prefix if prefix_len else None
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != bsz:
+            raise ValueError(f"{len(seed)} seeds for {bsz} prompts")
+        generators: List[Optional[torch.Generator]] = [torch.Generator(device=device).manual_seed(s) for s in seed]
+    else:
+        generators = [torch.Generator(device=device).manual_seed(seed) if seed is not None else None]
 
     last_at = torch.full((bsz, 1), width - 1, device=device)
     logits = model(tokens, 0, cache, positions=positions, mask=mask[:, None], logits_at=last_at, prefix=shared)
@@ -81,7 +88,11 @@ def generate(
     for step in range(max_gen_len):
         last = logits[:, -1]
         if temperature > 0:
-            nxt = sample_top_p(torch.softmax(last / temperature, dim=-1), top_p, generator)
+            probs = torch.softmax(last / temperature, dim=-1)
+            if len(generators) == 1:
+                nxt = sample_top_p(probs, top_p, generators[0])
+            else:
+                nxt = torch.cat([sample_top_p(probs[r : r + 1], top_p, g) for r, g in enumerate(generators)])
         else:
             nxt = last.argmax(-1)
         for row, tok in enumerate(nxt.tolist()):

@@ -8,7 +8,6 @@ is the number of checkpoint shards; the remaining factor of the world size is da
 from __future__ import annotations
 
 import atexit
-import builtins
 import datetime
 import os
 import sys
@@ -140,9 +139,3 @@ def _close_process_group() -> None:
     except Exception:
         pass
     dist.destroy_process_group()
-
-
-def print0(*args: Any, **kwargs: Any) -> None:
-    """Print on rank 0 only (rank = RANK env var; 0 under plain python)."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        builtins.print(*args, **kwargs)

@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from classification.data import Example
+from classification.sampling import Example
 
 PUNCT = ".,:;!?\"'()"
 
@@ -57,6 +57,7 @@ class FakeLM:
         fail_after_calls: Optional[int] = None,
         generator: Optional[Callable[[str], str]] = None,
         requests: Optional[Counter] = None,
+        prefix_nll: Optional[float] = None,
     ) -> None:
         self.tokenizer = WhitespaceTokenizer()
         self.max_seq_len = max_seq_len
@@ -67,6 +68,14 @@ class FakeLM:
         self.requests: Counter = requests if requests is not None else Counter()
         self.batches: List[List[Tuple[str, str]]] = []
         self.contexts: List[str] = []
+        self.prefix_nll = prefix_nll
+        self.shared_prefixes: List[str] = []
+        self.seeds: List[Optional[int]] = []
+
+    def set_shared_prefix(self, text: str) -> Optional[float]:
+        """Records the prefix; returns the mean loss the test chose (None: too short to tell)."""
+        self.shared_prefixes.append(text)
+        return self.prefix_nll
 
     def _tick(self) -> None:
         self.calls += 1
@@ -108,10 +117,11 @@ class FakeLM:
         stop: Sequence[str] = ("\n",),
         temperature: float = 0.0,
         top_p: float = 1.0,
-        seed: Optional[int] = None,
+        seed=None,
     ) -> List[str]:
         self._tick()
         out = []
+        self.seeds.extend(seed if isinstance(seed, (list, tuple)) else [seed] * len(contexts))
         for c in contexts:
             self.contexts.append(c)
             g = (self.generator or self.default_generation)(c)

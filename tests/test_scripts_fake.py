@@ -43,7 +43,8 @@ def test_scripts_are_thin_and_document_every_flag(name):
 def fake_model(monkeypatch):
     made = []
 
-    def load_model(ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, append_eos):
+    def load_model(ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, append_eos,
+                   verify_checkpoint=None):
         made.append(dict(ckpt_dir=ckpt_dir, max_seq_len=max_seq_len, append_eos=append_eos, scoring=scoring))
         return FakeLM(max_seq_len=max_seq_len, append_eos=append_eos), None
 

@@ -13,6 +13,7 @@ def main(
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
     max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
     device: str | None = None, scoring: str = "fast", completion_end: str = "eos",
+    model_parallel_size: int | None = None,
 ) -> None:
     """Classify each record by log p(label word | prompt); resumable; runs under python or torchrun.
 
@@ -27,6 +28,7 @@ def main(
         device: cpu or cuda (default: cuda when available).
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos (also score EOS after the label), none, or newline (score a newline).
+        model_parallel_size: ranks that split the model (default: a Meta checkpoint's shard count, 1 for HF/GGUF).
     """
     evaluate("direct", **locals())
 

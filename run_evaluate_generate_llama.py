@@ -13,7 +13,7 @@ def main(
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
     max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
     device: str | None = None, scoring: str = "fast",
-    max_gen_len: int = 10, temperature: float = 0.0, top_p: float = 1.0,
+    max_gen_len: int = 10, temperature: float = 0.0, top_p: float = 1.0, model_parallel_size: int | None = None,
 ) -> None:
     """Generate after each direct prompt until a newline or EOS; an unparsable answer is "none".
 
@@ -30,6 +30,7 @@ def main(
         max_gen_len: most generated tokens.
         temperature: 0 for greedy decoding; above 0 samples.
         top_p: nucleus sampling mass, used when temperature > 0.
+        model_parallel_size: ranks that split the model (default: a Meta checkpoint's shard count, 1 for HF/GGUF).
     """
     evaluate("generate", **locals())
 

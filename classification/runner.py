@@ -95,6 +95,7 @@ def load_model(
     device: Optional[str],
     scoring: str,
     append_eos: bool,
+    model_parallel_size: Optional[int] = None,
 ) -> Tuple[LanguageModel, Any]:
     """Load the real model and its runtime (``classification.scoring.load_lm``)."""
     for flag, path in (("--ckpt_dir", ckpt_dir), ("--tokenizer_path", tokenizer_path)):
@@ -111,6 +112,7 @@ def load_model(
         device,
         scoring=scoring,
         append_eos=append_eos,
+        model_parallel_size=model_parallel_size,
     )
 
 
@@ -350,6 +352,7 @@ def evaluate(
     lm: Optional[LanguageModel] = None,
     runtime: Optional[Any] = None,
     reuse: bool = False,
+    model_parallel_size: Optional[int] = None,
 ) -> Optional[Dict[str, Any]]:
     """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
 
@@ -428,7 +431,7 @@ def evaluate(
                 raise ClassificationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         lm, runtime = load_model(
             ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring,
-            append_eos=completion_end == "eos",
+            append_eos=completion_end == "eos", model_parallel_size=model_parallel_size,
         )
     elif lm is not None and method != "generate" and bool(lm.append_eos) != (completion_end == "eos"):
         raise ClassificationError(

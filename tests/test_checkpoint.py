@@ -327,3 +327,10 @@ def test_gguf_q4_k_m_mix_loads_whole_and_sliced(tmp_path):
         _, part = read_gguf(path, rank, 2, torch.bfloat16)
         for name, t in split_state(expected, rank, 2).items():
             assert torch.equal(part[name], t.to(torch.bfloat16)), (name, rank)
+
+
+def test_meta_checkpoint_keeps_its_shard_count(tmp_path):
+    ckpt = tiny_meta(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(str(ckpt), 0, 2)
+    assert "1 shard(s) but model-parallel size is 2" in one_line(e) and "--shards 2" in str(e.value)

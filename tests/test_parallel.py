@@ -73,3 +73,32 @@ def test_gguf_k_quant_two_ranks_match_one(tmp_path, root):
     two = run_worker(2, path, tmp_path / "two.pt", root, mp_size=2)
     assert one.shape == (2, 20, 256) and one.abs().max() > 0.1
     assert (one - two).abs().max().item() <= 1e-4
+
+
+def test_script_runs_hf_checkpoint_model_parallel(tmp_path, root, default_model_dir):
+    """torchrun --nproc_per_node 2 run_evaluate_direct_llama.py --model_parallel_size 2 on an HF
+    directory, unconverted, gives the single-process log-probs."""
+    import json
+
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=49152, multiple_of=32)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in Transformer(args).state_dict().items()}
+    write_hf(args, {k: torch.randn(s) * 0.3 for k, s in shapes.items()}, tmp_path / "hf")
+    data = tmp_path / "in.json"
+    data.write_text(json.dumps([{"prompt": "Article: {text}\nCategory:", "completion": "{label_word}", "text": t,
+                                 "label_words": ["World", "Sports"], "ground_truth": "World", "index": i}
+                                for i, t in enumerate(["Rain in Paris.", "A goal in the final minute."])]))
+    outs = {}
+    for nproc in (1, 2):
+        launch = [sys.executable] if nproc == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
+        out = tmp_path / f"out{nproc}.json"
+        res = subprocess.run([*launch, "run_evaluate_direct_llama.py", "--data_path", str(data), "--output_path", str(out),
+                              "--ckpt_dir", str(tmp_path / "hf"), "--tokenizer_path", str(default_model_dir / "tokenizer.json"),
+                              "--device", "cpu", "--model_parallel_size", str(nproc)],
+                             cwd=root, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert f"mp={nproc}, dp=1" in res.stdout
+        outs[nproc] = [r["log_probs"] for r in json.loads(out.read_text())]
+    assert np.allclose(outs[1], outs[2], atol=1e-4, rtol=0)

@@ -429,6 +429,46 @@ def read_gguf(
     return args, state
 
 
+def write_gguf(args: ModelArgs, tensors: Dict[str, tuple], path: Path) -> Path:
+    """A llama GGUF (no tokenizer) of ``tensors``: Meta name -> (array in torch order, type).
+
+    The array is float for F32/F16 and the raw blocks, (rows, bytes per row) uint8, for any other
+    type (see :func:`quantize_state`). q/k rows stay in Meta's order, as llama.cpp stores them.
+    """
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, val in [("embedding_length", args.dim), ("block_count", args.n_layers),
+                     ("attention.head_count", args.n_heads), ("attention.head_count_kv", args.kv_heads),
+                     ("feed_forward_length", args.hidden_dim), ("vocab_size", args.vocab_size)]:
+        w.add_uint32(f"llama.{key}", val)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", args.norm_eps)
+    w.add_float32("llama.rope.freq_base", args.rope_theta)
+    for name, (data, qtype) in tensors.items():
+        if name == "output.weight" and args.tie_word_embeddings:
+            continue  # llama.cpp reuses token_embd
+        float_type = qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+        w.add_tensor(convert_name(name, "meta", "gguf"), data, raw_dtype=None if float_type else qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+def quantize_state(state: StateDict, qtype: str = "F16") -> Dict[str, tuple]:
+    """Meta state dict -> :func:`write_gguf` tensors: matrices as ``qtype`` (a type gguf can
+    quantize: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), norms F32 as llama.cpp keeps them."""
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    out = {}
+    for name, t in state.items():
+        kind = T.F32 if t.dim() == 1 else T[qtype]
+        out[name] = (gguf.quants.quantize(t.float().numpy(), kind), kind)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Any layout
 

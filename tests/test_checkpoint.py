@@ -10,7 +10,7 @@ import torch
 
 from llama.checkpoint import (
     NAME_TABLE, CheckpointError, convert_name, load_model, permute_qk, read_checkpoint, read_gguf, read_hf,
-    split_state, write_hf,
+    quantize_state, split_state, write_gguf, write_hf,
 )
 from llama.convert import convert
 from llama.model import ModelArgs, Transformer
@@ -276,14 +276,12 @@ def k_quant_reference(rng):
 
 def test_gguf_k_quants_match_block_layout_reference(tmp_path):
     gguf = pytest.importorskip("gguf")
-    from tests.helpers.gguf_files import write_llama_gguf
-
     cases = k_quant_reference(np.random.default_rng(0))
     # Each K-quant as one (2, 512) tensor of a model with dim 512; the loader reads them by name.
     args = ModelArgs(dim=512, n_layers=1, n_heads=4, vocab_size=2, multiple_of=256)
     names = ["tok_embeddings.weight", "output.weight", "layers.0.attention.wq.weight", "layers.0.attention.wk.weight"]
     tensors = {name: case for name, case in zip(names, cases.items())}
-    path = write_llama_gguf(tmp_path / "k.gguf", args, {n: (raw, qtype) for n, (qtype, (raw, _)) in tensors.items()})
+    path = write_gguf(args, {n: (raw, qtype) for n, (qtype, (raw, _)) in tensors.items()}, tmp_path / "k.gguf")
     _, state = read_gguf(path)
     for name, (qtype, (raw, expected)) in tensors.items():
         assert np.array_equal(gguf.quants.dequantize(raw, qtype), expected), qtype.name
@@ -297,7 +295,7 @@ def q4_k_m_model(tmp_path, rng):
     """A tiny random llama in a Q4_K_M-like mix: Q4_K, Q6_K for v/down/output, F32 norms."""
     import gguf
 
-    from tests.helpers.gguf_files import random_k_blocks, write_llama_gguf
+    from tests.helpers.gguf_files import random_k_blocks
 
     T = gguf.GGMLQuantizationType
     args = ModelArgs(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=256)
@@ -311,7 +309,7 @@ def q4_k_m_model(tmp_path, rng):
             q6 = name == "output.weight" or name.endswith(("wv.weight", "w2.weight"))
             qtype = T.Q6_K if q6 else T.Q4_K
             tensors[name] = (random_k_blocks(rng, qtype, *shape, scale=4e-5 if q6 else 2e-4), qtype)
-    path = write_llama_gguf(tmp_path / "q4km.gguf", args, tensors)
+    path = write_gguf(args, tensors, tmp_path / "q4km.gguf")
     expected = {n: torch.from_numpy(gguf.quants.dequantize(raw, qtype).copy()).reshape(shapes[n])
                 for n, (raw, qtype) in tensors.items()}
     return path, expected
@@ -334,3 +332,22 @@ def test_meta_checkpoint_keeps_its_shard_count(tmp_path):
     with pytest.raises(CheckpointError) as e:
         read_checkpoint(str(ckpt), 0, 2)
     assert "1 shard(s) but model-parallel size is 2" in one_line(e) and "--shards 2" in str(e.value)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "F16"])
+def test_gguf_tied_model_sliced_in_compute_dtype(tmp_path, qtype):
+    gguf = pytest.importorskip("gguf")
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, tie_word_embeddings=True)
+    state = random_state(args)
+    state["output.weight"] = state["tok_embeddings.weight"]
+    tensors = quantize_state(state, qtype)
+    path = write_gguf(args, tensors, tmp_path / "m.gguf")
+    expected = {n: torch.from_numpy(gguf.quants.dequantize(raw, t).copy()).reshape(state[n].shape)
+                for n, (raw, t) in tensors.items()}
+    assert (expected["layers.0.attention.wq.weight"] - state["layers.0.attention.wq.weight"]).abs().max() < 0.05
+    args1, whole = read_gguf(path, dtype=torch.float16)
+    assert args1.tie_word_embeddings and whole["output.weight"] is whole["tok_embeddings.weight"]
+    for rank in range(2):  # Q8_0 blocks are 32 wide: the 32-column halves of wo/w2/embeddings are cut as bytes
+        _, part = read_gguf(path, rank, 2, torch.float16)
+        for name, t in split_state(expected, rank, 2).items():
+            assert torch.equal(part[name], t.half()), (name, rank)

@@ -1,4 +1,4 @@
-"""Small GGUF files for the tests: a LLaMA header plus tensors given in Meta names and torch order.
+"""K-quant blocks for the tests (files are written with ``llama.checkpoint.write_gguf``).
 
 K-quant blocks are packed here from chosen integers by the block layouts of ggml's
 ``block_q2_K``/``block_q4_K``/``block_q5_K``/``block_q6_K`` (ggml-common.h), so a test can predict
@@ -6,9 +6,6 @@ every dequantized value from the integers alone, without any decoder.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Dict, Tuple
 
 import numpy as np
 
@@ -84,29 +81,3 @@ def random_k_blocks(rng: np.random.Generator, qtype, rows: int, cols: int, scale
     for offset, value in zip(at, (scale, scale * qmax / 2)):
         raw[:, :, offset: offset + 2] = _f16_bytes(value)
     return raw.reshape(rows, -1)
-
-
-def write_llama_gguf(path: Path, args, tensors: Dict[str, Tuple[np.ndarray, object]]) -> Path:
-    """A GGUF holding ``tensors`` (Meta name -> (array in torch order, or raw bytes per row, qtype))."""
-    import gguf
-
-    from llama.checkpoint import convert_name
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    for key, val in [("embedding_length", args.dim), ("block_count", args.n_layers),
-                     ("attention.head_count", args.n_heads), ("attention.head_count_kv", args.kv_heads),
-                     ("feed_forward_length", args.hidden_dim), ("vocab_size", args.vocab_size)]:
-        w.add_uint32(f"llama.{key}", val)
-    w.add_float32("llama.attention.layer_norm_rms_epsilon", args.norm_eps)
-    w.add_float32("llama.rope.freq_base", args.rope_theta)
-    for name, (data, qtype) in tensors.items():
-        gname = convert_name(name, "meta", "gguf")
-        if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-            w.add_tensor(gname, data)
-        else:
-            w.add_tensor(gname, data, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return Path(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -153,8 +153,20 @@ def check_parallel(args: ModelArgs, mp_size: int, source: object) -> None:
             )
 
 
-def _index(dim: Optional[int], rng: slice) -> tuple:
-    return () if dim is None else (slice(None),) * dim + (rng,)
+CHUNK_BYTES = 1 << 24  # float32 bytes read (and dequantized) at a time
+
+
+def _fill_rows(read: Callable[[int, int], Tensor], r0: int, r1: int, n_cols: int, dtype: Optional[torch.dtype]) -> Tensor:
+    """A (r1 - r0, n_cols) tensor in ``dtype`` (None: the read dtype) from ``read(start, stop)`` -> those
+    rows, a few MiB at a time, so a tensor never exists in float32 in full."""
+    step = max(1, CHUNK_BYTES // (4 * n_cols))
+    out = None
+    for start in range(r0, r1, step):
+        piece = read(start, min(start + step, r1))
+        if out is None:
+            out = torch.empty((r1 - r0, n_cols), dtype=dtype or piece.dtype)
+        out[start - r0: start - r0 + piece.shape[0]] = piece  # casts while copying
+    return out
 
 
 def split_state(state: StateDict, mp_rank: int, mp_size: int) -> StateDict:
@@ -301,18 +313,28 @@ def read_hf(
         if meta == "output.weight" and args.tie_word_embeddings and mp_size == 1:
             state[meta] = state["tok_embeddings.weight"]  # one tensor, as in the tied model
             continue
-        # One open per tensor: safetensors maps the whole file and unmaps it on close, so the
-        # pages read for this tensor leave the process's memory before the next one.
         with safe_open(str(f), framework="pt") as sf:
             part = sf.get_slice(name)
-            dim, rng = shard_range(meta, part.get_shape(), mp_rank, mp_size, f)
-            t = part[_index(dim, rng)] if dim is not None else part[:]
+            shape = part.get_shape()
+            if len(shape) == 1:  # norms: replicated, small
+                state[meta] = part[:].to(dtype) if dtype is not None else part[:]
+                continue
+        dim, rng = shard_range(meta, shape, mp_rank, mp_size, f)
+        rows = rng if dim == 0 else slice(0, shape[0])
+        cols = rng if dim == 1 else slice(None)
+
+        def read(start: int, stop: int, f: Path = f, name: str = name, cols: slice = cols) -> Tensor:
+            # One open per chunk: safetensors maps the whole file and unmaps it on close, so the
+            # pages just read leave the process's memory before the next chunk.
+            with safe_open(str(f), framework="pt") as sf:
+                return sf.get_slice(name)[start:stop, cols]
+
+        t = _fill_rows(read, rows.start, rows.stop, shape[1] if dim != 1 else rng.stop - rng.start, dtype)
         if meta.endswith("attention.wq.weight"):
             t = permute_qk(t, args.n_heads // mp_size, to_hf=False)
         elif meta.endswith("attention.wk.weight"):
             t = permute_qk(t, args.kv_heads // mp_size, to_hf=False)
-        state[meta] = t.to(dtype) if dtype is not None else t
-        del t
+        state[meta] = t
     return args, state
 
 
@@ -345,37 +367,38 @@ def _gguf_field(reader, key: str, default=None):
 
 
 def _read_gguf_tensor(f, t, meta: str, path: Path, mp_rank: int, mp_size: int, dtype: Optional[torch.dtype]) -> Tensor:
-    """Read, dequantize and slice one tensor; only this rank's rows ever leave the file."""
+    """Read, dequantize and slice one tensor, a few rows at a time; only this rank's rows are read."""
     import gguf
     import numpy as np
 
     shape = [int(d) for d in reversed(t.shape)]  # ggml lists the fastest dimension first
     dim, rng = shard_range(meta, shape, mp_rank, mp_size, path)
     block, type_size = gguf.GGML_QUANT_SIZES[t.tensor_type]
-    rows = shape[0] if len(shape) == 2 else 1
-    row_bytes = shape[-1] // block * type_size
-    r0, r1 = (rng.start, rng.stop) if dim == 0 else (0, rows)
-    raw = np.empty((r1 - r0, row_bytes), dtype=np.uint8)  # (rows, bytes per row), this rank's rows only
-    f.seek(t.data_offset + r0 * row_bytes)
-    if f.readinto(memoryview(raw).cast("B")) != raw.nbytes:
-        raise CheckpointError(f"{path}: tensor {t.name} is cut short; the file is truncated: download it again")
-    if dim == 1 and rng.start % block == 0 and rng.stop % block == 0:
-        # whole quantization blocks: slice the bytes, dequantize only this rank's columns
-        raw = np.ascontiguousarray(raw[:, rng.start // block * type_size: rng.stop // block * type_size])
-        dim = None
-    try:
-        values = gguf.quants.dequantize(raw, t.tensor_type)  # (rows, cols) float32
-    except NotImplementedError:
-        raise CheckpointError(
-            f"{path}: tensor {t.name} has type {t.tensor_type.name}, which gguf {_gguf_version()} cannot dequantize; "
-            "re-quantize the file, e.g. to Q8_0, Q4_K or F16"
-        ) from None
-    out = torch.from_numpy(values)  # our own buffer: raw above or dequantize's output
-    if dim == 1:
-        out = out[:, rng]
-    out = out.reshape([r1 - r0, -1] if len(shape) == 2 else shape)
-    # contiguous: a column slice must not keep the whole tensor's buffer alive
-    return out.to(dtype or torch.float32).contiguous()
+    n_rows, n_cols = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
+    row_bytes = n_cols // block * type_size
+    rows = rng if dim == 0 else slice(0, n_rows)
+    cols = rng if dim == 1 else slice(0, n_cols)
+    # whole quantization blocks: cut the bytes and dequantize only this rank's columns
+    by_bytes = cols.start % block == 0 and cols.stop % block == 0
+    byte_cols = slice(cols.start // block * type_size, cols.stop // block * type_size) if by_bytes else slice(None)
+
+    def read(start: int, stop: int) -> Tensor:
+        raw = np.empty((stop - start, row_bytes), dtype=np.uint8)  # (rows, bytes per row)
+        f.seek(t.data_offset + start * row_bytes)
+        if f.readinto(memoryview(raw).cast("B")) != raw.nbytes:
+            raise CheckpointError(f"{path}: tensor {t.name} is cut short; the file is truncated: download it again")
+        try:
+            values = gguf.quants.dequantize(np.ascontiguousarray(raw[:, byte_cols]), t.tensor_type)  # float32
+        except NotImplementedError:
+            raise CheckpointError(
+                f"{path}: tensor {t.name} has type {t.tensor_type.name}, which gguf {_gguf_version()} cannot "
+                "dequantize; re-quantize the file, e.g. to Q8_0, Q4_K or F16"
+            ) from None
+        piece = torch.from_numpy(values).reshape(stop - start, -1)
+        return piece if by_bytes else piece[:, cols]
+
+    out = _fill_rows(read, rows.start, rows.stop, cols.stop - cols.start, dtype or torch.float32)
+    return out if len(shape) == 2 else out.reshape(shape)
 
 
 def _gguf_version() -> str:

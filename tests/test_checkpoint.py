@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import llama.checkpoint
 from llama.checkpoint import (
     NAME_TABLE, CheckpointError, convert_name, load_model, permute_qk, read_checkpoint, read_gguf, read_hf,
     quantize_state, split_state, write_gguf, write_hf,
@@ -175,6 +176,12 @@ def test_params_json_written_is_meta_style(tmp_path):
 # Streamed, sharded reads of HF and GGUF
 
 
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Read a few rows at a time, so the tiny test tensors take several (uneven) chunks."""
+    monkeypatch.setattr(llama.checkpoint, "CHUNK_BYTES", 1000)
+
+
 def random_state(args: ModelArgs, seed: int = 0, scale: float = 0.3):
     torch.manual_seed(seed)
     with torch.device("meta"):
@@ -209,7 +216,7 @@ def write_hf_two_files(args: ModelArgs, state, out):
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_hf_sliced_read_equals_full_read_and_split(tmp_path, tied):
+def test_hf_sliced_read_equals_full_read_and_split(tmp_path, small_chunks, tied):
     args = ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=128, multiple_of=32,
                      tie_word_embeddings=tied)
     state = random_state(args)
@@ -274,7 +281,7 @@ def k_quant_reference(rng):
     return out
 
 
-def test_gguf_k_quants_match_block_layout_reference(tmp_path):
+def test_gguf_k_quants_match_block_layout_reference(tmp_path, small_chunks):
     gguf = pytest.importorskip("gguf")
     cases = k_quant_reference(np.random.default_rng(0))
     # Each K-quant as one (2, 512) tensor of a model with dim 512; the loader reads them by name.
@@ -315,7 +322,7 @@ def q4_k_m_model(tmp_path, rng):
     return path, expected
 
 
-def test_gguf_q4_k_m_mix_loads_whole_and_sliced(tmp_path):
+def test_gguf_q4_k_m_mix_loads_whole_and_sliced(tmp_path, small_chunks):
     pytest.importorskip("gguf")
     path, expected = q4_k_m_model(tmp_path, np.random.default_rng(1))
     model = load_model(str(path), dtype=torch.float32)
@@ -335,7 +342,7 @@ def test_meta_checkpoint_keeps_its_shard_count(tmp_path):
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "F16"])
-def test_gguf_tied_model_sliced_in_compute_dtype(tmp_path, qtype):
+def test_gguf_tied_model_sliced_in_compute_dtype(tmp_path, small_chunks, qtype):
     gguf = pytest.importorskip("gguf")
     args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, tie_word_embeddings=True)
     state = random_state(args)

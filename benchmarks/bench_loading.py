@@ -27,7 +27,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from llama.checkpoint import quantize_state, write_gguf, write_hf  # noqa: E402
 from llama.model import ModelArgs, Transformer  # noqa: E402
 from llama.runtime import resolve_dtype, setup_runtime  # noqa: E402
 
@@ -36,6 +35,8 @@ MiB = 2**20
 
 def write(params: str, out: str, layout: str = "hf", seed: int = 0) -> str:
     """Write a random checkpoint: ``hf`` (float32 safetensors) or ``gguf-TYPE`` (e.g. gguf-F16, gguf-Q8_0)."""
+    from llama.checkpoint import quantize_state, write_gguf, write_hf
+
     args = ModelArgs.from_params(json.loads(Path(params).read_text()))
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in Transformer(args).state_dict().items()}

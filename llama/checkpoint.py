@@ -153,7 +153,7 @@ def check_parallel(args: ModelArgs, mp_size: int, source: object) -> None:
             )
 
 
-CHUNK_BYTES = 1 << 24  # float32 bytes read (and dequantized) at a time
+CHUNK_BYTES = 1 << 22  # float32 bytes read (and dequantized) at a time
 
 
 def _fill_rows(read: Callable[[int, int], Tensor], r0: int, r1: int, n_cols: int, dtype: Optional[torch.dtype]) -> Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -68,16 +69,19 @@ def load(ckpt: str, dtype: str = "bf16", mp_size: int = 1, baseline: bool = Fals
 
 
 def _peak_rss(cmd: List[str], nproc: int) -> List[float]:
-    """Per process "Maximum resident set size" (MiB) from /usr/bin/time -v."""
-    timed = ["/usr/bin/time", "-v", sys.executable, __file__, *cmd]
-    if nproc > 1:
-        timed = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-                 "29544", "--no-python", *timed]
-    res = subprocess.run(timed, capture_output=True, text=True, timeout=1800)
-    if res.returncode != 0:
-        raise RuntimeError(res.stderr[-3000:])
-    peaks = [int(k) / 1024 for k in re.findall(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr)]
-    assert len(peaks) == nproc, res.stderr[-2000:]
+    """Per process "Maximum resident set size" (MiB) from /usr/bin/time -v, one report file per rank."""
+    with tempfile.TemporaryDirectory() as reports:
+        timed = " ".join(shlex.quote(a) for a in [sys.executable, __file__, *cmd])
+        launch = ["sh", "-c", f'/usr/bin/time -v -o {reports}/rank"${{RANK:-0}}" {timed}']
+        if nproc > 1:
+            launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                      "--master_port", "29544", "--no-python", *launch]
+        res = subprocess.run(launch, capture_output=True, text=True, timeout=1800)
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr[-3000:])
+        text = "".join(f.read_text() for f in sorted(Path(reports).iterdir()))
+    peaks = [int(k) / 1024 for k in re.findall(r"Maximum resident set size \(kbytes\): (\d+)", text)]
+    assert len(peaks) == nproc, text[-2000:]
     return peaks
 
 

@@ -5,7 +5,9 @@
 - GGUF (llama.cpp): tensors possibly quantized; q/k rows already in Meta's interleaved order.
 
 Name conversion is a table plus one permutation (``permute_qk``); writers produce Meta (optionally
-sharded) and HF directories, so any layout converts to any other.
+sharded) and HF directories, so any layout converts to any other (``write_gguf`` writes test and
+benchmark GGUFs, without a tokenizer). HF and GGUF are read streamed: each model-parallel rank reads
+only its own slice of each tensor, a few MiB at a time, in the compute dtype.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -129,7 +131,7 @@ def read_meta(ckpt_dir: Path, mp_rank: int = 0, mp_size: int = 1) -> Tuple[Model
     return ModelArgs.from_params(params), state
 
 
-def shard_range(name: str, shape, mp_rank: int, mp_size: int, source: object = "checkpoint") -> Tuple[Optional[int], slice]:
+def shard_range(name: str, shape: Sequence[int], mp_rank: int, mp_size: int, source: object = "checkpoint") -> Tuple[Optional[int], slice]:
     """(split dimension, this rank's index range along it) of a full Meta parameter; (None, :) if replicated."""
     dim = shard_dim(name)
     if dim is None or mp_size == 1:
@@ -153,7 +155,7 @@ def check_parallel(args: ModelArgs, mp_size: int, source: object) -> None:
             )
 
 
-CHUNK_BYTES = 1 << 22  # float32 bytes read (and dequantized) at a time
+CHUNK_BYTES = 1 << 24  # float32 bytes read (and dequantized) at a time; smaller chunks read slower
 
 
 def _fill_rows(read: Callable[[int, int], Tensor], r0: int, r1: int, n_cols: int, dtype: Optional[torch.dtype]) -> Tensor:
@@ -545,8 +547,8 @@ def load_model(
 ) -> Transformer:
     """Build on the meta device, load with assign=True (no second copy), move to device/dtype.
 
-    HF and GGUF weights are read in ``dtype``, so host memory peaks at about this rank's shard in
-    ``dtype`` plus one float32 tensor.
+    HF and GGUF weights are read in ``dtype`` a few MiB at a time, so host memory peaks at about
+    this rank's shard in ``dtype``.
 
     vocab_size: the tokenizer's vocabulary size, checked against the checkpoint (and used when
     params.json leaves it at -1, as LLaMA-1's does).

@@ -14,7 +14,7 @@ def main(
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH, max_seq_len: int = 2048,
     max_batch_size: int = 16, dtype: str | None = None, device: str | None = None, scoring: str = "fast",
     completion_end: str = "eos", content_free: str | list[str] | None = None, domain_premise: str | None = None,
-    batch_size: int | None = None, verify_checkpoint: bool | None = None,
+    batch_size: int | None = None, verify_checkpoint: bool | None = None, model_parallel_size: int | None = None,
 ) -> None:
     """Re-score the direct run's log-probs (no new pass over the test set), renormalise, argmax.
 
@@ -24,7 +24,7 @@ def main(
         output_path: output JSON, one record per input; metrics go to <stem>.metrics.json.
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
             dcpmi (- log p(y|domain premise)), batch (- log of the batch's mean p; no model) or batch_logmean.
-        ckpt_dir, tokenizer_path: the direct run's model checkpoint directory and tokenizer file.
+        ckpt_dir, tokenizer_path, model_parallel_size: the direct run's checkpoint, tokenizer and model-parallel size.
         max_seq_len, max_batch_size, dtype, device: tokens per sequence, sequences per pass, fp32/fp16/bf16, cpu/cuda.
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos, none or newline: the value the direct run used.

@@ -14,7 +14,7 @@ def main(
     max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
     device: str | None = None, scoring: str = "fast",
     max_gen_len: int = 10, temperature: float = 0.0, top_p: float = 1.0,
-    check_model: bool = True, verify_checkpoint: bool | None = None,
+    check_model: bool = True, verify_checkpoint: bool | None = None, model_parallel_size: int | None = None,
 ) -> None:
     """Generate after each direct prompt until a newline or EOS; an unparsable answer is "none".
 
@@ -32,6 +32,7 @@ def main(
         temperature: 0 for greedy decoding; above 0 samples.
         top_p: nucleus sampling mass, used when temperature > 0.
         check_model, verify_checkpoint: stop if the model predicts its prompt near uniform; check checklist.chk md5s.
+        model_parallel_size: ranks that split the model (default: a Meta checkpoint's shard count, 1 for HF/GGUF).
     """
     evaluate("generate", **locals())
 

@@ -58,6 +58,7 @@ def load_model(
     scoring: str,
     append_eos: bool,
     verify_checkpoint: Optional[bool] = None,
+    model_parallel_size: Optional[int] = None,
 ) -> Tuple[LanguageModel, Any]:
     """Load the real model and its runtime (``classification.scoring.load_lm``), after checking
     the files against Meta's ``checklist.chk`` when ``verify_checkpoint`` (None: when there is one)."""
@@ -87,7 +88,16 @@ def load_model(
     from classification.scoring import load_lm
 
     return load_lm(
-        ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring=scoring, append_eos=append_eos
+        ckpt_dir,
+        tokenizer_path,
+        max_seq_len,
+        max_batch_size,
+        dtype,
+        device,
+        scoring=scoring,
+        append_eos=append_eos,
+        model_parallel_size=model_parallel_size,
+        verify_checkpoint=verify_checkpoint,
     )
 
 
@@ -326,6 +336,7 @@ def evaluate(
     lm: Optional[LanguageModel] = None,
     runtime: Optional[Any] = None,
     reuse: bool = False,
+    model_parallel_size: Optional[int] = None,
 ) -> Optional[Dict[str, Any]]:
     """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
 
@@ -396,6 +407,7 @@ def evaluate(
         lm, runtime = load_model(
             ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring,
             append_eos=completion_end == "eos", verify_checkpoint=verify_checkpoint,
+            model_parallel_size=model_parallel_size,
         )
         settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
         fingerprint = fingerprint_of(settings)

@@ -368,6 +368,7 @@ def load_lm(
     device: Optional[str] = None,
     scoring: str = "fast",
     append_eos: bool = True,
+    model_parallel_size: Optional[int] = None,
 ):
     """Set up the runtime, load tokenizer and model; returns (LlamaLM, Runtime)."""
     import time
@@ -377,7 +378,7 @@ def load_lm(
     from llama.tokenizer import load_tokenizer
 
     try:
-        rt = setup_runtime(count_shards(ckpt_dir), dtype=dtype, device=device, source=ckpt_dir)
+        rt = setup_runtime(model_parallel_size or count_shards(ckpt_dir), dtype=dtype, device=device, source=ckpt_dir)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     start = time.time()

@@ -44,8 +44,9 @@ def fake_model(monkeypatch):
     made = []
 
     def load_model(ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, append_eos,
-                   verify_checkpoint=None):
-        made.append(dict(ckpt_dir=ckpt_dir, max_seq_len=max_seq_len, append_eos=append_eos, scoring=scoring))
+                   verify_checkpoint=None, model_parallel_size=None):
+        made.append(dict(ckpt_dir=ckpt_dir, max_seq_len=max_seq_len, append_eos=append_eos, scoring=scoring,
+                         model_parallel_size=model_parallel_size))
         return FakeLM(max_seq_len=max_seq_len, append_eos=append_eos), None
 
     monkeypatch.setattr(runner, "load_model", load_model)
@@ -67,9 +68,11 @@ def test_evaluate_scripts_with_fake_model(tmp_path, fake_model):
               command=["--data_path", f"{d}/in_channel.json", "--output_path", f"{d}/out_channel.json",
                        "--completion_end", "newline", "--scoring", "naive"])
     fire.Fire(load_script("run_evaluate_generate_llama.py").main,
-              command=["--data_path", f"{d}/in_direct.json", "--output_path", f"{d}/out_gen.json", "--max_gen_len", "4"])
+              command=["--data_path", f"{d}/in_direct.json", "--output_path", f"{d}/out_gen.json", "--max_gen_len", "4",
+                       "--model_parallel_size", "2"])
     assert [m["append_eos"] for m in fake_model] == [True, True, False, True]
     assert fake_model[0]["max_seq_len"] == 512 and fake_model[2]["scoring"] == "naive"
+    assert [m["model_parallel_size"] for m in fake_model] == [None, None, None, 2]
     assert fake_model[0]["ckpt_dir"] == "checkpoints/smollm2/135M"
     cal = json.loads((tmp_path / "out_cal.metrics.json").read_text())
     assert cal["content_free"] == ["N/A", "", "[MASK]"]

@@ -1,4 +1,7 @@
-"""Worker for tests/test_parallel.py: logits of a fixed batch under torchrun (any shard count)."""
+"""Worker for tests/test_parallel.py: logits of a fixed batch under torchrun (any shard count).
+
+    python mp_logits.py CKPT OUT [MP_SIZE]   (MP_SIZE: default the checkpoint's shard count)
+"""
 
 import sys
 from pathlib import Path
@@ -10,8 +13,8 @@ from llama.checkpoint import count_shards, load_model  # noqa: E402
 from llama.runtime import setup_runtime  # noqa: E402
 
 
-def main(ckpt: str, out: str) -> None:
-    rt = setup_runtime(model_parallel_size=count_shards(ckpt), device="cpu")
+def main(ckpt: str, out: str, mp_size: str = "") -> None:
+    rt = setup_runtime(model_parallel_size=int(mp_size) if mp_size else count_shards(ckpt), device="cpu")
     model = load_model(ckpt, rt.device, rt.dtype, rt.mp_rank, rt.mp_size)
     ids = torch.arange(40).view(2, 20) * 7 % model.params.vocab_size
     with torch.no_grad():
@@ -21,4 +24,4 @@ def main(ckpt: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

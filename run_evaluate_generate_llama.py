@@ -11,9 +11,8 @@ def main(
     data_path: str = "samples/inputs_direct_ag_news.json",
     output_path: str = "samples/outputs_generate_ag_news.json",
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
-    max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
-    device: str | None = None, scoring: str = "fast",
-    max_gen_len: int = 10, temperature: float = 0.0, top_p: float = 1.0,
+    max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None, device: str | None = None,
+    scoring: str = "fast", max_gen_len: int = 10, temperature: float = 0.0, top_p: float = 1.0,
     check_model: bool = True, verify_checkpoint: bool | None = None, model_parallel_size: int | None = None,
 ) -> None:
     """Generate after each direct prompt until a newline or EOS; an unparsable answer is "none".

@@ -14,7 +14,7 @@ def main(
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH, max_seq_len: int = 2048,
     max_batch_size: int = 16, dtype: str | None = None, device: str | None = None, scoring: str = "fast",
     completion_end: str = "eos", content_free: str | list[str] | None = None, domain_premise: str | None = None,
-    batch_size: int | None = None,
+    batch_size: int | None = None, quantize: str = "none",
 ) -> None:
     """Re-score the direct run's log-probs (no new pass over the test set), renormalise, argmax.
 
@@ -25,7 +25,7 @@ def main(
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
             dcpmi (log p(y|x) - log p(y|domain premise)) or batch (l - its batch mean, l = log-softmax; no model).
         ckpt_dir, tokenizer_path: the direct run's model checkpoint directory and tokenizer file.
-        max_seq_len, max_batch_size, dtype, device: tokens per sequence, sequences per pass, fp32/fp16/bf16, cpu/cuda.
+        max_seq_len, max_batch_size, dtype, device, quantize: as for run_evaluate_direct_llama.py (same model setup).
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos, none or newline: the value the direct run used.
         content_free: na/cbu: text or list of texts, averaged, e.g. --content_free='["N/A","","[MASK]"]'.

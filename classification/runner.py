@@ -42,6 +42,7 @@ from classification.lm import LanguageModel
 from classification.metrics import calibration_metrics, classification_metrics
 from classification.records import METHODS, load_direct_outputs, load_records
 from classification.scoring import SCORING_MODES as SCORINGS
+from llama.quantize import QUANTIZE_MODES
 
 DEFAULT_CKPT_DIR = "checkpoints/smollm2/135M"
 DEFAULT_TOKENIZER_PATH = "checkpoints/smollm2/tokenizer.json"
@@ -95,6 +96,7 @@ def load_model(
     device: Optional[str],
     scoring: str,
     append_eos: bool,
+    quantize: str = "none",
 ) -> Tuple[LanguageModel, Any]:
     """Load the real model and its runtime (``classification.scoring.load_lm``)."""
     for flag, path in (("--ckpt_dir", ckpt_dir), ("--tokenizer_path", tokenizer_path)):
@@ -111,6 +113,7 @@ def load_model(
         device,
         scoring=scoring,
         append_eos=append_eos,
+        quantize=quantize,
     )
 
 
@@ -350,6 +353,7 @@ def evaluate(
     lm: Optional[LanguageModel] = None,
     runtime: Optional[Any] = None,
     reuse: bool = False,
+    quantize: str = "none",
 ) -> Optional[Dict[str, Any]]:
     """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
 
@@ -364,6 +368,8 @@ def evaluate(
     _check_flags(
         method, scoring, completion_end, max_seq_len, max_batch_size, max_gen_len, temperature, top_p, chunk_size
     )
+    if quantize not in QUANTIZE_MODES:
+        raise ClassificationError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE_MODES)}")
     is_calibrate = method == "calibrate"
     if is_calibrate:
         _check_calibration(calibration, content_free, domain_premise, batch_size)
@@ -399,6 +405,8 @@ def evaluate(
         "dtype": dtype,
         "scoring": scoring,
     }
+    if quantize != "none":  # absent when off, so runs finished before the flag existed still match
+        fingerprint["quantize"] = quantize
     if method == "generate":
         fingerprint.update(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
     else:
@@ -428,7 +436,7 @@ def evaluate(
                 raise ClassificationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         lm, runtime = load_model(
             ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring,
-            append_eos=completion_end == "eos",
+            append_eos=completion_end == "eos", quantize=quantize,
         )
     elif lm is not None and method != "generate" and bool(lm.append_eos) != (completion_end == "eos"):
         raise ClassificationError(
@@ -500,6 +508,7 @@ def evaluate(
             wall_time_s=round(time.time() - start, 3),
             max_seq_len=max_seq_len,
             dtype=dtype,
+            quantize=quantize,
             device=device,
             scoring=scoring,
             dp_size=int(runtime.dp_size),

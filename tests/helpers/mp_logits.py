@@ -1,4 +1,6 @@
-"""Worker for tests/test_parallel.py: logits of a fixed batch under torchrun (any shard count)."""
+"""Worker for tests/test_parallel.py: logits of a fixed batch under torchrun (any shard count).
+
+An optional third argument quantizes the model first (llama.quantize mode, e.g. int8)."""
 
 import sys
 from pathlib import Path
@@ -7,12 +9,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from llama.checkpoint import count_shards, load_model  # noqa: E402
+from llama.quantize import quantize_model  # noqa: E402
 from llama.runtime import setup_runtime  # noqa: E402
 
 
-def main(ckpt: str, out: str) -> None:
+def main(ckpt: str, out: str, quantize: str = "none") -> None:
     rt = setup_runtime(model_parallel_size=count_shards(ckpt), device="cpu")
-    model = load_model(ckpt, rt.device, rt.dtype, rt.mp_rank, rt.mp_size)
+    model = quantize_model(load_model(ckpt, rt.device, rt.dtype, rt.mp_rank, rt.mp_size), quantize, rt.device)
     ids = torch.arange(40).view(2, 20) * 7 % model.params.vocab_size
     with torch.no_grad():
         logits = model(ids)
@@ -21,4 +24,4 @@ def main(ckpt: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

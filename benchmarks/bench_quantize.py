@@ -22,7 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_scoring import DEFAULT_DATA, _run  # noqa: E402
+from classification.cli import cli  # noqa: E402
 from classification.data import build_records, load_ag_news  # noqa: E402
+from classification.errors import ClassificationError  # noqa: E402
 from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # noqa: E402
 from classification.scoring import LlamaLM  # noqa: E402
 from llama.checkpoint import load_model  # noqa: E402
@@ -84,10 +86,13 @@ def main(
         max_batch_size: upper bound on rows per forward pass.
         data_dir: ag_news_csv directory (train.csv/test.csv).
     """
+    names = [v.strip() for v in (variants.split(",") if isinstance(variants, str) else variants)]
+    bad = [v for v in names if v not in ("int8", "int8-nothr") and v not in DTYPES]
+    if bad:
+        raise ClassificationError(f"--variants: unknown {bad[0]!r}; use fp32, bf16, fp16, int8 or int8-nothr")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = load_tokenizer(tokenizer_path)
     base = load_model(ckpt_dir, dev, torch.float32, vocab_size=tok.n_words)
-    names = [v.strip() for v in (variants.split(",") if isinstance(variants, str) else variants)]
     models = {name: variant_model(base, name, dev, threshold) for name in names}
     del base
     train, test = load_ag_news(data_dir)
@@ -121,4 +126,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(cli(main))

@@ -10,7 +10,7 @@ from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, eval
 def main(
     direct_input_path: str = "samples/inputs_direct_ag_news.json",
     direct_output_path: str | None = "samples/outputs_direct_ag_news.json",
-    output_path: str = "samples/outputs_direct_calibrate_ag_news.json", calibration: str = "na",
+    output_path: str = "samples/outputs_direct_calibrate_ag_news.json", calibration: str = "na", quantize: str = "none",
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH, max_seq_len: int = 2048,
     max_batch_size: int = 16, dtype: str | None = None, device: str | None = None, scoring: str = "fast",
     completion_end: str = "eos", content_free: str | list[str] | None = None, domain_premise: str | None = None,
@@ -25,7 +25,7 @@ def main(
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
             dcpmi (- log p(y|domain premise)), batch (- log of the batch's mean p; no model) or batch_logmean.
         ckpt_dir, tokenizer_path, model_parallel_size: the direct run's checkpoint, tokenizer and model-parallel size.
-        max_seq_len, max_batch_size, dtype, device: tokens per sequence, sequences per pass, fp32/fp16/bf16, cpu/cuda.
+        max_seq_len, max_batch_size, dtype, device, quantize: as for run_evaluate_direct_llama.py (same model setup).
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos, none or newline: the value the direct run used.
         content_free: na/cbu: text or list of texts, averaged, e.g. --content_free='["N/A","","[MASK]"]'.

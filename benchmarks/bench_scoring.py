@@ -23,11 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classification import methods as icl  # noqa: E402
+from classification.cli import cli  # noqa: E402
 from classification.data import build_records, load_ag_news  # noqa: E402
 from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # noqa: E402
 from classification.scoring import LlamaLM  # noqa: E402
 from llama.checkpoint import load_model  # noqa: E402
 from llama.model import ModelArgs, Transformer  # noqa: E402
+from llama.quantize import check_mode, quantize_model  # noqa: E402
 from llama.runtime import resolve_dtype  # noqa: E402
 from llama.tokenizer import load_tokenizer  # noqa: E402
 
@@ -102,6 +104,7 @@ def main(
     max_seq_len: int = 2048,
     data_dir: str = str(DEFAULT_DATA),
     skip_naive: bool = False,
+    quantize: str = "none",
 ) -> None:
     """Time naive and fast scoring per method and print a Markdown table.
 
@@ -120,7 +123,9 @@ def main(
         max_seq_len: longest sequence.
         data_dir: ag_news_csv directory (train.csv/test.csv).
         skip_naive: time the fast path only (the naive path on 7,600 examples takes long).
+        quantize: none or int8 (llama.quantize; benchmarks/bench_quantize.py compares them).
     """
+    check_mode(quantize)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dt = resolve_dtype(dtype, dev)
     tok = load_tokenizer(tokenizer_path)
@@ -130,13 +135,15 @@ def main(
     else:
         model = load_model(ckpt_dir, dev, dt, max_seq_len=max_seq_len, vocab_size=tok.n_words)
         model_name = ckpt_dir
+    model = quantize_model(model, quantize, dev)
     train, test = load_ag_news(data_dir)
     sample = n_examples < len(test)
     records = {m: build_records(m, train, test, k=k, seed=seed, sample=sample, n_sample=n_examples)
                for m in ("direct", "channel")}
     wanted = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
     print(f"model: {model_name} | device: {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}, "
-          f"{torch.get_num_threads()} threads) | dtype: {dt} | examples: {len(records['direct'])} | k: {k}")
+          f"{torch.get_num_threads()} threads) | dtype: {dt} | quantize: {quantize} | "
+          f"examples: {len(records['direct'])} | k: {k}")
     weights = weight_bytes(model)
     print(f"weights: {weights / 2**30:.2f} GiB")
     print("| method | naive ex/s | fast ex/s | naive tokens | fast tokens | speed-up | max abs Δ log-prob | "
@@ -163,4 +170,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(cli(main))

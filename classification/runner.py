@@ -38,6 +38,7 @@ from classification.resume import (
     read_metrics, run_resumable, shard, write_finished,
 )
 from classification.scoring import SCORING_MODES as SCORINGS
+from llama.quantize import QUANTIZE_MODES
 
 __all__ = ["evaluate", "load_model", "metrics_path", "partial_path", "shard", "DEFAULT_CKPT_DIR"]
 
@@ -59,6 +60,7 @@ def load_model(
     append_eos: bool,
     verify_checkpoint: Optional[bool] = None,
     model_parallel_size: Optional[int] = None,
+    quantize: str = "none",
 ) -> Tuple[LanguageModel, Any]:
     """Load the real model and its runtime (``classification.scoring.load_lm``), after checking
     the files against Meta's ``checklist.chk`` when ``verify_checkpoint`` (None: when there is one)."""
@@ -98,6 +100,7 @@ def load_model(
         append_eos=append_eos,
         model_parallel_size=model_parallel_size,
         verify_checkpoint=verify_checkpoint,
+        quantize=quantize,
     )
 
 
@@ -355,6 +358,8 @@ def evaluate(
     )
     options = CalibrationOptions(content_free, domain_premise, batch_size, completion_end)
     calibration_cls = calibration_class(calibration, options) if method == "calibrate" else None
+    if quantize not in QUANTIZE_MODES:
+        raise ClassificationError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE_MODES)}")
     records = load_records(data_path, method)
     calibrator: Optional[Calibration] = None
     direct_outputs: List[Dict[str, Any]] = []
@@ -408,6 +413,7 @@ def evaluate(
             ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring,
             append_eos=completion_end == "eos", verify_checkpoint=verify_checkpoint,
             model_parallel_size=model_parallel_size,
+            quantize=quantize,
         )
         settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
         fingerprint = fingerprint_of(settings)

@@ -165,7 +165,7 @@ def run_seeds(
 ) -> Dict[str, Any]:
     """Run ``methods`` for every seed, write per-seed files and ``summary.json``/``summary.md``.
 
-    ``model``: ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, model_parallel_size
+    ``model``: ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, model_parallel_size, quantize
     (as for :func:`classification.runner.evaluate`); ``lm``/``runtime``: an already built model.
     Returns the summary (on the main rank; None elsewhere).
     """
@@ -193,6 +193,7 @@ def run_seeds(
             model.get("ckpt_dir", runner.DEFAULT_CKPT_DIR), model.get("tokenizer_path", runner.DEFAULT_TOKENIZER_PATH),
             model.get("max_seq_len", 2048), model.get("max_batch_size", 16), model.get("dtype"), model.get("device"),
             model.get("scoring", "fast"), append_eos=True, model_parallel_size=model.get("model_parallel_size"),
+            quantize=model.get("quantize", "none"),
         )
     runs: Dict[str, List[Dict[str, Any]]] = {}
     is_main = runtime is None or bool(runtime.is_main)

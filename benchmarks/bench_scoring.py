@@ -153,7 +153,9 @@ def main(
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         fast = _run(LlamaLM(model, tok, max_batch_size, True, "fast", max_batch_tokens), method, records)
-        beyond = f"{(peak_bytes(dev) - weights) / 2**30:.2f} GiB"
+        # On CPU the peak is the process's so far: only meaningful before any naive run.
+        clean = dev.type == "cuda" or skip_naive or method == wanted[0]
+        beyond = f"{(peak_bytes(dev) - weights) / 2**30:.2f} GiB" if clean else "-"
         n = len(records["direct"])
         timing = f"{fast['seconds']:.1f} | {fast['tokens'] / fast['seconds']:,.0f} | {beyond}"
         if skip_naive:

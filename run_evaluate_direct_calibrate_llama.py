@@ -14,7 +14,7 @@ def main(
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH, max_seq_len: int = 2048,
     max_batch_size: int = 16, dtype: str | None = None, device: str | None = None, scoring: str = "fast",
     completion_end: str = "eos", content_free: str | list[str] | None = None, domain_premise: str | None = None,
-    batch_size: int | None = None,
+    batch_size: int | None = None, n_anchor: int | None = None, knn_k: int = 3,
 ) -> None:
     """Re-score the direct run's log-probs (no new pass over the test set), renormalise, argmax.
 
@@ -23,7 +23,9 @@ def main(
         direct_output_path: the direct run's output JSON (its log_probs are reused, not recomputed).
         output_path: output JSON, one record per input; metrics go to <stem>.metrics.json.
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
-            dcpmi (log p(y|x) - log p(y|domain premise)) or batch (l - its batch mean, l = log-softmax; no model).
+            dcpmi (log p(y|x) - log p(y|domain premise)), batch (l - its batch mean, l = log-softmax; no model),
+            hidden (nearest class centroid of anchor hidden states) or knn (kNN prompting over anchors); these two
+            need the direct run's --save_hidden and anchors from preprocessing with --n_anchor.
         ckpt_dir, tokenizer_path: the direct run's model checkpoint directory and tokenizer file.
         max_seq_len, max_batch_size, dtype, device: tokens per sequence, sequences per pass, fp32/fp16/bf16, cpu/cuda.
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
@@ -31,6 +33,7 @@ def main(
         content_free: na/cbu: text or list of texts, averaged, e.g. --content_free='["N/A","","[MASK]"]'.
         domain_premise: dcpmi: the premise (default: the template after {text}, e.g. "Category:").
         batch_size: batch: records per batch, in file order (default: the whole test set).
+        n_anchor, knn_k: hidden/knn: anchors per class used (default: all); knn: nearest anchors that vote.
     """
     args = locals()
     evaluate("calibrate", data_path=args.pop("direct_input_path"), **args)

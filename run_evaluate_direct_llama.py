@@ -12,7 +12,7 @@ def main(
     output_path: str = "samples/outputs_direct_ag_news.json",
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
     max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
-    device: str | None = None, scoring: str = "fast", completion_end: str = "eos",
+    device: str | None = None, scoring: str = "fast", completion_end: str = "eos", save_hidden: bool = False,
 ) -> None:
     """Classify each record by log p(label word | prompt); resumable; runs under python or torchrun.
 
@@ -27,6 +27,8 @@ def main(
         device: cpu or cuda (default: cuda when available).
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos (also score EOS after the label), none, or newline (score a newline).
+        save_hidden: also save each record's final hidden state at the label-predicting position (float16
+            <output stem>.hidden.npy) for --calibration hidden/knn.
     """
     evaluate("direct", **locals())
 

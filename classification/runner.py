@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from tqdm import tqdm
 
-from classification import methods
+from classification import anchors, hidden, methods
 from classification.errors import ClassificationError
 from classification.fileio import check_output_path, file_sha256, write_json_atomic
 from classification.lm import LanguageModel
@@ -300,8 +300,9 @@ def build_outputs(records: Sequence[Dict[str, Any]], results: Dict[int, Result],
 def _check_calibration(
     calibration: str, content_free: Any, domain_premise: Optional[str], batch_size: Optional[int]
 ) -> None:
-    if calibration not in methods.CALIBRATIONS:
-        raise ClassificationError(f"--calibration {calibration!r} is not one of {', '.join(methods.CALIBRATIONS)}")
+    if calibration not in methods.CALIBRATIONS + anchors.CALIBRATIONS:
+        names = ", ".join(methods.CALIBRATIONS + anchors.CALIBRATIONS)
+        raise ClassificationError(f"--calibration {calibration!r} is not one of {names}")
     if content_free is not None and calibration not in ("na", "cbu"):
         raise ClassificationError(f"--content_free applies to --calibration na or cbu, not {calibration}")
     if domain_premise is not None and calibration != "dcpmi":
@@ -350,13 +351,18 @@ def evaluate(
     lm: Optional[LanguageModel] = None,
     runtime: Optional[Any] = None,
     reuse: bool = False,
+    save_hidden: bool = False,
+    n_anchor: Optional[int] = None,
+    knn_k: int = anchors.DEFAULT_KNN_K,
 ) -> Optional[Dict[str, Any]]:
     """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
 
     ``method``: direct, calibrate, channel or generate.  For calibrate, ``data_path`` is the
     direct input file and ``direct_output_path`` the direct run's output, whose ``log_probs``
     are re-scored with ``calibration`` (na, cbu, dcpmi or batch; see
-    :mod:`classification.methods`) without a second pass over the test set.  ``lm``/``runtime``:
+    :mod:`classification.methods`; hidden or knn with ``n_anchor``/``knn_k``: see
+    :mod:`classification.anchors`) without a second pass over the test set.  ``save_hidden``
+    (direct): also write each record's label-predicting hidden state (:mod:`classification.hidden`).  ``lm``/``runtime``:
     use this language model (and runtime; default single process) instead of loading
     ``ckpt_dir``.  Returns the metrics on the main rank, None elsewhere.
     """
@@ -367,6 +373,13 @@ def evaluate(
     is_calibrate = method == "calibrate"
     if is_calibrate:
         _check_calibration(calibration, content_free, domain_premise, batch_size)
+    if save_hidden and method != "direct":
+        raise ClassificationError(f"--save_hidden applies to the direct method, not {method}")
+    anchored = None
+    if is_calibrate and calibration in anchors.CALIBRATIONS:
+        anchored = anchors.AnchorCalibration(calibration, n_anchor, knn_k)
+    if anchored is None and (n_anchor is not None or knn_k != anchors.DEFAULT_KNN_K):
+        raise ClassificationError("--n_anchor and --knn_k apply to --calibration hidden or knn")
     cf_texts = _content_free_list(content_free, calibration)
     records = load_records(data_path, method)
     label_words: List[str] = records[0]["label_words"]
@@ -383,6 +396,7 @@ def evaluate(
         direct_outputs = load_direct_outputs(direct_output_path, records)
         _check_direct_run(direct_output_path, completion_end)
         inputs.append(direct_output_path)
+    anchor_fingerprint = anchored.check(data_path, direct_output_path, len(records)) if anchored else {}
     check_output_path(output_path, inputs=inputs)
     premise = None
     if is_calibrate and calibration == "dcpmi":
@@ -412,9 +426,12 @@ def evaluate(
             fingerprint["domain_premise"] = premise
         else:
             fingerprint["batch_size"] = batch_size
+        fingerprint.update(anchor_fingerprint)
+    if save_hidden:
+        fingerprint["save_hidden"] = True
     if reuse:
         done = _finished(output_path, fingerprint)
-        if done is not None:
+        if done is not None and (not save_hidden or Path(hidden.hidden_path(output_path)).is_file()):
             if runtime is None or runtime.is_main:
                 print(f"Up to date: {output_path} (accuracy {done['accuracy']:.4f})")
             return done if runtime is None or runtime.is_main else None
@@ -435,6 +452,10 @@ def evaluate(
             f"--completion_end {completion_end} needs a model built with append_eos={completion_end == 'eos'}"
         )
     runtime = runtime if runtime is not None else LocalRuntime()
+    if anchored is not None:
+        anchored.prepare(lm, runtime, dict(
+            ckpt_dir=ckpt_dir, tokenizer_path=tokenizer_path, max_seq_len=max_seq_len, max_batch_size=max_batch_size,
+            dtype=dtype, device=device, scoring=scoring, completion_end=completion_end, chunk_size=chunk_size))
 
     cache: Dict[Tuple[str, str], List[float]] = {}
     batch_lp: List[List[float]] = []
@@ -444,7 +465,9 @@ def evaluate(
     def calibrated(p: int, rec: Dict[str, Any]) -> Result:
         direct_lp = direct_outputs[p]["log_probs"]
         extra: Dict[str, Any] = {}
-        if calibration == "batch":
+        if anchored is not None:
+            log_probs = anchored.apply(p)
+        elif calibration == "batch":
             log_probs = batch_lp[p]
         elif calibration == "dcpmi":
             assert premise is not None
@@ -469,7 +492,10 @@ def evaluate(
     def score(positions: List[int]) -> List[Result]:
         chunk = [records[p] for p in positions]
         if method in ("direct", "channel"):
-            return getattr(methods, method)(lm, chunk, completion_end)
+            results = getattr(methods, method)(lm, chunk, completion_end)
+            if save_hidden:
+                hidden.attach_hidden(lm, chunk, results, completion_end)
+            return results
         if method == "generate":
             return methods.generate(lm, chunk, max_gen_len, temperature, top_p, seed)
         return [calibrated(p, rec) for p, rec in zip(positions, chunk)]
@@ -481,6 +507,8 @@ def evaluate(
     if gathered is not None:
         results, n_resumed = gathered
         outputs = build_outputs(records, results, method)
+        if save_hidden:
+            hidden.save_hidden(hidden.hidden_path(output_path), [results[p] for p in range(len(records))])
         truth = [o["ground_truth"] for o in outputs]
         metrics = classification_metrics(
             truth, [o["prediction"] for o in outputs], label_words, none_column=method == "generate"
@@ -514,9 +542,13 @@ def evaluate(
                 metrics.update(content_free=cf_texts, content_free_probs=results[0].get("p_cf"))
             elif calibration == "dcpmi":
                 metrics.update(domain_premise=premise, premise_log_probs=results[0].get("premise_log_probs"))
+            elif anchored is not None:
+                metrics.update(anchored.summary())
             else:
                 means = methods.batch_means([o["log_probs"] for o in direct_outputs], batch_size)
                 metrics.update(batch_size=batch_size, batch_mean_log_probs=means[0])
+        if save_hidden:
+            metrics["hidden_path"] = hidden.hidden_path(output_path)
         metrics["fingerprint"] = fingerprint
         write_json_atomic(output_path, outputs, indent=2)
         write_json_atomic(metrics_path(output_path), metrics, indent=2)

@@ -238,6 +238,7 @@ class Transformer(nn.Module):
         positions: Optional[Tensor] = None,
         mask: Optional[Tensor] = None,
         logits_at: Optional[Tensor] = None,
+        return_hidden: bool = False,
     ) -> Tensor:
         """Logits (fp32) for ``tokens`` (bsz, seqlen) placed at ``start_pos`` in ``cache``.
 
@@ -246,6 +247,7 @@ class Transformer(nn.Module):
         mask: bool (bsz or 1, 1, seqlen, start_pos + seqlen), True = may attend; default causal.
         logits_at: (bsz, n) indices into seqlen: only those positions go through the output
             head (it is a large share of a small model's FLOPs).  Default: every position.
+        return_hidden: return the final-normed hidden states (bsz, seqlen or n, dim) instead of logits.
         """
         bsz, seqlen = tokens.shape
         h = self.tok_embeddings(tokens)
@@ -262,4 +264,6 @@ class Transformer(nn.Module):
             h = layer(h, cos, sin, start_pos, cache, mask)
         if logits_at is not None:
             h = torch.gather(h, 1, logits_at[..., None].expand(-1, -1, h.shape[-1]))  # (bsz, n, dim)
+        if return_hidden:
+            return self.norm(h)
         return self.output(self.norm(h)).float()

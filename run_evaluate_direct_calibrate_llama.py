@@ -8,8 +8,7 @@ from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, eval
 
 @cli
 def main(
-    direct_input_path: str = "samples/inputs_direct_ag_news.json",
-    direct_output_path: str | None = "samples/outputs_direct_ag_news.json",
+    direct_input_path: str = "samples/inputs_direct_ag_news.json", direct_output_path: str | None = "samples/outputs_direct_ag_news.json",
     output_path: str = "samples/outputs_direct_calibrate_ag_news.json", calibration: str = "na",
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH, max_seq_len: int = 2048,
     max_batch_size: int = 16, dtype: str | None = None, device: str | None = None, scoring: str = "fast",
@@ -19,13 +18,11 @@ def main(
     """Re-score the direct run's log-probs (no new pass over the test set), renormalise, argmax.
 
     Args:
-        direct_input_path: the direct run's input JSON.
-        direct_output_path: the direct run's output JSON (its log_probs are reused, not recomputed).
+        direct_input_path, direct_output_path: the direct run's input and output JSON (its log_probs are reused).
         output_path: output JSON, one record per input; metrics go to <stem>.metrics.json.
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
             dcpmi (log p(y|x) - log p(y|domain premise)), batch (l - its batch mean, l = log-softmax; no model),
-            hidden (nearest class centroid of anchor hidden states) or knn (kNN prompting over anchors); these two
-            need the direct run's --save_hidden and anchors from preprocessing with --n_anchor.
+            hidden (nearest anchor class centroid) or knn (kNN prompting); these need --save_hidden and --n_anchor.
         ckpt_dir, tokenizer_path: the direct run's model checkpoint directory and tokenizer file.
         max_seq_len, max_batch_size, dtype, device: tokens per sequence, sequences per pass, fp32/fp16/bf16, cpu/cuda.
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).

@@ -41,30 +41,62 @@ def hidden_path(output_path: str) -> str:
     return str(Path(output_path).with_suffix(".hidden.npy"))
 
 
+def _shared_prefix(token_lists: Sequence[List[int]]) -> int:
+    """Tokens common to the start of every list, leaving each at least one token of its own."""
+    first, n = token_lists[0], min(len(t) for t in token_lists) - 1
+    for t in token_lists[1:]:
+        i = 0
+        while i < n and t[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
 def _run_model(lm: Any, token_lists: Sequence[List[int]], pool: str, skip_first: bool = False) -> np.ndarray:
-    """(n, dim) float32: the last position's hidden state (pool="last") or the mean over positions."""
+    """(n, dim) float32: the last position's hidden state (pool="last") or the mean over positions.
+
+    For "last", the prefix common to all lists (the demonstrations of random prompts) is run once
+    and its keys/values reused, as the fast scorer does.
+    """
     import torch
+
+    from llama.model import KVCache
 
     model = lm.model
     device = model.tok_embeddings.weight.device
     pad = int(lm.tokenizer.eos_id)
     max_rows = int(getattr(lm, "max_batch_size", 16))
     out = np.zeros((len(token_lists), model.params.dim), dtype=np.float32)
-    order = sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i]))
+    if not token_lists:
+        return out
+    plen = _shared_prefix(token_lists) if pool == "last" else 0
+    prefix = None
+    if plen:
+        prefix = KVCache.for_model(model, 1, plen)
+        with torch.no_grad():
+            model(torch.tensor([token_lists[0][:plen]], device=device), 0, prefix, return_hidden=True)
+    rows = [t[plen:] for t in token_lists]
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     start = 0
     while start < len(order):
-        width = len(token_lists[order[start]])
-        n = max(1, min(max_rows, _BATCH_TOKENS // max(1, width)))
+        width = len(rows[order[start]])
+        n = max(1, min(max_rows, _BATCH_TOKENS // max(1, plen + width)))
         batch = order[start : start + n]
         start += n
         tokens = torch.full((len(batch), width), pad, dtype=torch.long)
-        lengths = torch.tensor([len(token_lists[i]) for i in batch])
+        lengths = torch.tensor([len(rows[i]) for i in batch])
         for r, i in enumerate(batch):
-            tokens[r, : lengths[r]] = torch.tensor(token_lists[i])
+            tokens[r, : lengths[r]] = torch.tensor(rows[i])
         with torch.no_grad():
             # Right padding under causal attention: real tokens never see the pads, so only the
             # pooling has to leave them out.
-            h = model(tokens.to(device), return_hidden=True).float().cpu()  # (bsz, width, dim)
+            if prefix is not None:
+                cache = KVCache.for_model(model, len(batch), plen + width)
+                cache.copy_prefix(prefix, plen)
+                h = model(tokens.to(device), plen, cache, return_hidden=True)
+            else:
+                h = model(tokens.to(device), return_hidden=True)
+            h = h.float().cpu()  # (bsz, width, dim)
         if pool == "last":
             vecs = h[torch.arange(len(batch)), lengths - 1]  # (bsz, dim)
         else:

@@ -56,7 +56,8 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> List[float]:
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # At 0 or n correct one end is exactly 0 or 1 (rounding would move it by an ulp).
+    return [0.0 if correct == 0 else centre - half, 1.0 if correct == n else centre + half]
 
 
 def classification_metrics(

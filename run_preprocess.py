@@ -22,19 +22,24 @@ def main(
         method: direct or channel (the template's label word last, or its text last).
         data_path: output JSON records; default samples/inputs_<method>_<dataset>.json.
         data_dir: folder of the files, e.g. ../shared/data/sst2 (a preset knows its file names); none: the hub.
-        train, test: train/test file (.csv with a header, .json list, .jsonl) or, with --hub, split names; without a
-            test, test_size rows of train are held out (seed 0; presets: mr, cr, subj 2000, dbpedia 1000).
+        train: train file (.csv with a header, .json list or .jsonl), or with --hub the train split name.
+        test: test file or split name; without one, test_size rows of train are held out.
         hub: a Hugging Face dataset, "name" or "name:config" (default for a preset without data_dir: its id).
-        label_column, text_column: the label column (0-based integers or label words/class names; default label)
-            and the text column, or list of columns joined by a space (default text).
+        label_column: column of 0-based integer labels or label words/class names (default label).
+        text_column: column, or list of columns joined by a space, holding the text (default text).
         label_words: words scored for the labels, in label order (default: the preset's, or labels.txt).
         template: one example with {text} and {label_word}, e.g. "Review: {text}\\nSentiment: {label_word}".
-        k, seed: demonstrations per class from the train split (0: zero-shot); the seed of their choice and order.
-        n_sample, sample_seed: size of the stratified test sample (0: all of it); its seed (default: seed).
-        demos, demo_pool: random, bm25 or knn (k per class chosen for each input, most similar last, listed in the
-            records); bm25/knn retrieve from a stratified sample of demo_pool training examples (default: all).
+        k: demonstrations per class, drawn from the train split (0 for zero-shot).
+        seed: random seed of the demonstrations and their order.
+        n_sample: size of the stratified test sample; 0 for the whole test split.
+        sample_seed: random seed of the test sample (default: seed).
+        test_size: rows held out (seed 0) as test without a test file/split (presets: mr, cr, subj 2000, dbpedia 1000).
+        demos: random, bm25 or knn: k per class chosen for each input, most similar last; records list them.
+        demo_pool: bm25/knn: retrieve from a stratified sample of this many training examples (seeded).
         n_anchor: also write M labeled anchors per class (never demonstrations) to <data_path stem>.anchors.json.
-        embedder, ckpt_dir, tokenizer_path: knn: a local sentence-transformers model, default: the scoring model.
+        embedder: knn: a local sentence-transformers model (default: the scoring model's mean hidden states).
+        ckpt_dir: the scoring model's checkpoint, knn's default embedder.
+        tokenizer_path: the scoring model's tokenizer file.
     """
     preprocess_dataset(**locals())
 

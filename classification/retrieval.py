@@ -31,7 +31,7 @@ import hashlib
 import random
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -239,9 +239,10 @@ def make_selector(
     return selector
 
 
-def embedder_for(
-    embedder: Optional[str], ckpt_dir: str, tokenizer_path: str
-) -> tuple:
+Embed = Callable[[List[str]], np.ndarray]
+
+
+def embedder_for(embedder: Optional[str], ckpt_dir: str, tokenizer_path: str) -> Tuple[Embed, str]:
     """(embed function, cache tag) for ``--embedder`` (a sentence-transformers path) or the scoring model."""
     if embedder is not None:
         return sentence_transformer(embedder), "st-" + _tag(embedder)
@@ -268,7 +269,7 @@ def build_records(
     dataset: Any, method: str, template: Optional[str], k: int, seed: int, sample: bool, n_sample: int,
     sample_seed: Optional[int], demos: str = "random", demo_pool: Optional[int] = None, n_anchor: int = 0,
     embed: Optional[Callable[[List[str]], np.ndarray]] = None, cache_path: Optional[Path] = None,
-) -> tuple:
+) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """(test records, anchor records) of ``dataset`` (:class:`classification.datasets.Dataset`).
 
     ``demos`` random: :func:`classification.datasets.make_records`'s records, unchanged.  bm25/knn:

@@ -85,7 +85,7 @@ def stratified(examples: Sequence[Example], n: int, rng: random.Random, n_classe
 def draw_anchors(
     train: Sequence[Example], n_anchor: int, seed: int, n_classes: int, taken: Sequence[Example] = ()
 ) -> List[Example]:
-    """``n_anchor`` training examples per class, not in ``taken``, seeded (``seed`` + 1 stream)."""
+    """``n_anchor`` training examples per class, not in ``taken``, from a random stream of their own per seed."""
     used = {ex.index for ex in taken}
     free = [ex for ex in train if ex.index not in used and not has_placeholder(ex.text)]
     rng = random.Random(f"anchors-{seed}")

@@ -22,7 +22,7 @@ def main(
         output_path: output JSON, one record per input; metrics go to <stem>.metrics.json.
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
             dcpmi (log p(y|x) - log p(y|domain premise)), batch (l - its batch mean, l = log-softmax; no model),
-            hidden (nearest anchor class centroid) or knn (kNN prompting); these need --save_hidden and --n_anchor.
+            hidden (nearest anchor centroid), lda (shrunk discriminant), knn (kNN prompting): need --save_hidden, --n_anchor.
         ckpt_dir, tokenizer_path: the direct run's model checkpoint directory and tokenizer file.
         max_seq_len, max_batch_size, dtype, device: tokens per sequence, sequences per pass, fp32/fp16/bf16, cpu/cuda.
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
@@ -30,7 +30,7 @@ def main(
         content_free: na/cbu: text or list of texts, averaged, e.g. --content_free='["N/A","","[MASK]"]'.
         domain_premise: dcpmi: the premise (default: the template after {text}, e.g. "Category:").
         batch_size: batch: records per batch, in file order (default: the whole test set).
-        n_anchor, knn_k: hidden/knn: anchors per class used (default: all); knn: nearest anchors that vote.
+        n_anchor, knn_k: hidden/lda/knn: anchors per class used (default: all); knn: nearest anchors that vote.
     """
     args = locals()
     evaluate("calibrate", data_path=args.pop("direct_input_path"), **args)

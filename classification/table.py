@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from classification.errors import ClassificationError
 
-CALIBRATION_ORDER = ("na", "cbu", "dcpmi", "batch", "hidden", "knn")
+CALIBRATION_ORDER = ("na", "cbu", "dcpmi", "batch", "hidden", "lda", "knn")
 # Display names, in table order: calibrations are post hoc re-scorings of the direct run.
 LABEL_ORDER = ("direct",) + tuple(f"direct+{c}" for c in CALIBRATION_ORDER) + ("channel", "generate")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from classification import retrieval
-from classification.anchors import KnnVote, NearestCentroid
+from classification.anchors import SHRINKAGES, KnnVote, NearestCentroid, ShrinkageLDA
 from classification.datasets import Dataset, get_preset
 from classification.errors import ClassificationError
 from classification.runner import evaluate
@@ -25,6 +25,37 @@ def test_nearest_centroid_against_loops():
         for c in range(3):
             centroid = sum(x[j] for j in range(30) if y[j] == c) / 10
             assert got[i, c] == pytest.approx(-np.linalg.norm(t - centroid), abs=1e-9)
+
+
+def test_shrinkage_lda_against_loops():
+    rng = np.random.default_rng(2)
+    y = np.arange(36) % 3
+    x = rng.normal(size=(36, 5)) * [5, 1, 1, 0.2, 0.2] + np.eye(3, 5)[y] * 1.5  # one noisy direction
+    test = rng.normal(size=(10, 5)) * [5, 1, 1, 0.2, 0.2]
+
+    def fit(xs, ys, lam):
+        means = [sum(xs[i] for i in range(len(xs)) if ys[i] == c) / (ys == c).sum() for c in range(3)]
+        cov = sum(np.outer(xs[i] - means[ys[i]], xs[i] - means[ys[i]]) for i in range(len(xs))) / len(xs)
+        return means, np.linalg.inv(cov + lam * np.trace(cov) / 5 * np.eye(5))
+
+    def mahalanobis(t, means, prec):
+        return [(t - m) @ prec @ (t - m) for m in means]
+
+    def cv(lam):
+        right = 0
+        for f in range(4):
+            held = [i for i in range(36) if i % 4 == f]
+            kept = [i for i in range(36) if i % 4 != f]
+            means, prec = fit(x[kept], y[kept], lam)
+            right += sum(int(np.argmin(mahalanobis(x[i], means, prec))) == y[i] for i in held)
+        return right / 36
+
+    lda = ShrinkageLDA().fit(x, y, 3)
+    assert lda.shrinkage == max(SHRINKAGES, key=lambda lam: (cv(lam), lam))
+    means, prec = fit(x, y, lda.shrinkage)
+    for t, got in zip(test, lda.scores(test)):
+        d = mahalanobis(t, means, prec)
+        assert got - got[0] == pytest.approx([-(dc - d[0]) / 2 for dc in d], abs=1e-9)
 
 
 def test_knn_vote_against_loops():
@@ -75,7 +106,7 @@ def test_saved_hidden_states_single_and_data_parallel(tmp_path):
     assert metrics["fingerprint"]["save_hidden"] is True and metrics["hidden_path"].endswith("one.hidden.npy")
 
 
-@pytest.mark.parametrize("calibration", ["hidden", "knn"])
+@pytest.mark.parametrize("calibration", ["hidden", "lda", "knn"])
 def test_anchor_calibrations_predict_as_the_reference(tmp_path, calibration):
     records, anchors, inputs = write_inputs(tmp_path)
     direct = str(tmp_path / "out.json")
@@ -91,6 +122,10 @@ def test_anchor_calibrations_predict_as_the_reference(tmp_path, calibration):
     for h in test_h:
         if calibration == "hidden":
             d = [np.linalg.norm(h - anchor_h[y == c].mean(0)) for c in range(4)]
+            want.append(words[int(np.argmin(d))])
+        elif calibration == "lda":
+            lda = ShrinkageLDA().fit(anchor_h, y, 4)
+            d = [(h - m) @ lda.precision @ (h - m) for m in lda.means]
             want.append(words[int(np.argmin(d))])
         else:
             lq, la = fake.next_token_log_probs(h[None])[0], fake.next_token_log_probs(anchor_h)

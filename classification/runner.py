@@ -360,10 +360,10 @@ def evaluate(
     ``method``: direct, calibrate, channel or generate.  For calibrate, ``data_path`` is the
     direct input file and ``direct_output_path`` the direct run's output, whose ``log_probs``
     are re-scored with ``calibration`` (na, cbu, dcpmi or batch; see
-    :mod:`classification.methods`; hidden or knn with ``n_anchor``/``knn_k``: see
+    :mod:`classification.methods`; hidden, lda or knn with ``n_anchor``/``knn_k``: see
     :mod:`classification.anchors`) without a second pass over the test set.  ``save_hidden``
-    (direct): also write each record's label-predicting hidden state (:mod:`classification.hidden`).  ``lm``/``runtime``:
-    use this language model (and runtime; default single process) instead of loading
+    (direct): also write each record's label-predicting hidden state (:mod:`classification.hidden`).
+    ``lm``/``runtime``: use this language model (and runtime; default single process) instead of loading
     ``ckpt_dir``.  Returns the metrics on the main rank, None elsewhere.
     """
     start = time.time()
@@ -379,7 +379,7 @@ def evaluate(
     if is_calibrate and calibration in anchors.CALIBRATIONS:
         anchored = anchors.AnchorCalibration(calibration, n_anchor, knn_k)
     if anchored is None and (n_anchor is not None or knn_k != anchors.DEFAULT_KNN_K):
-        raise ClassificationError("--n_anchor and --knn_k apply to --calibration hidden or knn")
+        raise ClassificationError("--n_anchor and --knn_k apply to --calibration hidden, lda or knn")
     cf_texts = _content_free_list(content_free, calibration)
     records = load_records(data_path, method)
     label_words: List[str] = records[0]["label_words"]

@@ -12,7 +12,8 @@ def main(
     output_path: str = "samples/outputs_channel_ag_news.json",
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
     max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
-    device: str | None = None, scoring: str = "fast", completion_end: str = "eos",
+    device: str | None = None, scoring: str = "fast", quantize: str = "none", completion_end: str = "eos",
+    check_model: bool = True, verify_checkpoint: bool | None = None, model_parallel_size: int | None = None,
 ) -> None:
     """Classify each record by log p(text | label word prompt); resumable; runs under python or torchrun.
 
@@ -23,10 +24,13 @@ def main(
         tokenizer_path: the model's tokenizer file (tokenizer.model or tokenizer.json).
         max_seq_len: longest sequence in tokens; longer test texts are shortened to fit.
         max_batch_size: most sequences in one forward pass.
-        dtype: fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).
+        dtype: fp32, fp16 or bf16 (default: bf16 on CUDA where supported, else fp16; fp32 on CPU).
         device: cpu or cuda (default: cuda when available).
+        quantize: none or int8 (int8 block weights: LLM.int8 via bitsandbytes on CUDA, int8 kernels on CPU).
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos (also score EOS after the text), none, or newline (score a newline).
+        check_model, verify_checkpoint: stop if the model predicts its prompt near uniform; check checklist.chk md5s.
+        model_parallel_size: ranks that split the model (default: a Meta checkpoint's shard count, 1 for HF/GGUF).
     """
     evaluate("channel", **locals())
 

@@ -8,12 +8,11 @@ from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, eval
 
 @cli
 def main(
-    data_path: str = "samples/inputs_direct_ag_news.json",
-    output_path: str = "samples/outputs_generate_ag_news.json",
-    ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
-    max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
-    device: str | None = None, scoring: str = "fast",
-    max_gen_len: int = 10, temperature: float = 0.0, top_p: float = 1.0,
+    data_path: str = "samples/inputs_direct_ag_news.json", output_path: str = "samples/outputs_generate_ag_news.json",
+    ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH, max_seq_len: int = 2048,
+    max_batch_size: int = 16, dtype: str | None = None, device: str | None = None, scoring: str = "fast",
+    quantize: str = "none", max_gen_len: int = 10, temperature: float = 0.0, top_p: float = 1.0,
+    check_model: bool = True, verify_checkpoint: bool | None = None, model_parallel_size: int | None = None,
 ) -> None:
     """Generate after each direct prompt until a newline or EOS; an unparsable answer is "none".
 
@@ -24,12 +23,15 @@ def main(
         tokenizer_path: the model's tokenizer file (tokenizer.model or tokenizer.json).
         max_seq_len: longest sequence in tokens; test texts are shortened to leave max_gen_len.
         max_batch_size: most sequences in one forward pass.
-        dtype: fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).
+        dtype: fp32, fp16 or bf16 (default: bf16 on CUDA where supported, else fp16; fp32 on CPU).
         device: cpu or cuda (default: cuda when available).
+        quantize: none or int8 (int8 block weights: LLM.int8 via bitsandbytes on CUDA, int8 kernels on CPU).
         scoring: fast or naive (how the model is set up; generation is the same either way).
         max_gen_len: most generated tokens.
         temperature: 0 for greedy decoding; above 0 samples.
         top_p: nucleus sampling mass, used when temperature > 0.
+        check_model, verify_checkpoint: stop if the model predicts its prompt near uniform; check checklist.chk md5s.
+        model_parallel_size: ranks that split the model (default: a Meta checkpoint's shard count, 1 for HF/GGUF).
     """
     evaluate("generate", **locals())
 

@@ -12,7 +12,7 @@ def main(
     dataset: str = "ag_news", data_dir: str | None = None, methods: list[str] = SEED_METHODS, k: int = 1,
     seeds: list[int] = (1, 2, 3), n_sample: int = 300, out_dir: str | None = None, ckpt_dir: str = DEFAULT_CKPT_DIR,
     tokenizer_path: str = DEFAULT_TOKENIZER_PATH, max_seq_len: int = 2048, max_batch_size: int = 16,
-    dtype: str | None = None, device: str | None = None,
+    dtype: str | None = None, device: str | None = None, model_parallel_size: int | None = None, quantize: str = "none",
 ) -> None:
     """For each seed: k demonstrations per class (same test sample), every method; then mean ± std.
 
@@ -28,8 +28,10 @@ def main(
         tokenizer_path: the model's tokenizer file (tokenizer.model or tokenizer.json).
         max_seq_len: longest sequence in tokens; longer test texts are shortened to fit.
         max_batch_size: most sequences in one forward pass.
-        dtype: fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).
+        dtype: fp32, fp16 or bf16 (default: bf16 on CUDA where supported, else fp16; fp32 on CPU).
         device: cpu or cuda (default: cuda when available).
+        model_parallel_size: ranks that split the model (default: a Meta checkpoint's shard count, 1 for HF/GGUF).
+        quantize: none or int8 (int8 block weights: LLM.int8 via bitsandbytes on CUDA, int8 kernels on CPU).
     """
     run_seeds(**locals())
 

@@ -4,12 +4,15 @@
     python benchmarks/bench_scoring.py --random_init params_7b.json --dtype bf16 --n_examples 7600
 
 Per method it prints examples/s, tokens through the model, speed-up, the largest log-prob
-difference between the two paths, and whether every prediction is identical.
+difference between the two paths, whether every prediction is identical, and the peak memory
+beyond the weights (CUDA: max allocated; CPU: the process's peak RSS, which also counts the
+Python runtime, minus the weights' bytes).
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -20,11 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classification import methods as icl  # noqa: E402
+from classification.cli import cli  # noqa: E402
 from classification.data import build_records, load_ag_news  # noqa: E402
 from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # noqa: E402
 from classification.scoring import LlamaLM  # noqa: E402
 from llama.checkpoint import load_model  # noqa: E402
 from llama.model import ModelArgs, Transformer  # noqa: E402
+from llama.quantize import check_mode, quantize_model  # noqa: E402
 from llama.runtime import resolve_dtype  # noqa: E402
 from llama.tokenizer import load_tokenizer  # noqa: E402
 
@@ -55,11 +60,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def peak_bytes(device: torch.device) -> int:
+    """Peak memory so far: CUDA max allocated, or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _run(lm: LlamaLM, method: str, records: List[dict]) -> Dict[str, object]:
     lm.tokens_processed = 0
     lm._prefix = None  # every timed run computes its own prefix
+    recs = records["channel" if method == "channel" else "direct"]
     _sync(lm.device)
     start = time.perf_counter()
+    if lm.scoring == "fast":
+        lm.set_shared_prefix(icl.shared_context(recs, "channel" if method == "channel" else "direct"))
     if method == "calibrate":
         results = icl.direct(lm, records["direct"])
         p_cf = icl.content_free_probs(lm, records["direct"][0])
@@ -85,6 +104,7 @@ def main(
     max_seq_len: int = 2048,
     data_dir: str = str(DEFAULT_DATA),
     skip_naive: bool = False,
+    quantize: str = "none",
 ) -> None:
     """Time naive and fast scoring per method and print a Markdown table.
 
@@ -96,14 +116,16 @@ def main(
         ckpt_dir: checkpoint to load (ignored with --random_init).
         tokenizer_path: tokenizer file.
         random_init: a params.json: random weights of that shape instead of a checkpoint.
-        dtype: fp32, bf16 or fp16 (default fp32 on CPU, fp16 on CUDA).
+        dtype: fp32, bf16 or fp16 (default fp32 on CPU; bf16 on CUDA where supported, else fp16).
         device: cpu or cuda (default cuda when available).
         max_batch_size: upper bound on rows per forward pass.
         max_batch_tokens: token budget per forward pass of the fast path (default by device).
         max_seq_len: longest sequence.
         data_dir: ag_news_csv directory (train.csv/test.csv).
         skip_naive: time the fast path only (the naive path on 7,600 examples takes long).
+        quantize: none or int8 (llama.quantize; benchmarks/bench_quantize.py compares them).
     """
+    check_mode(quantize)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dt = resolve_dtype(dtype, dev)
     tok = load_tokenizer(tokenizer_path)
@@ -113,30 +135,39 @@ def main(
     else:
         model = load_model(ckpt_dir, dev, dt, max_seq_len=max_seq_len, vocab_size=tok.n_words)
         model_name = ckpt_dir
+    model = quantize_model(model, quantize, dev)
     train, test = load_ag_news(data_dir)
     sample = n_examples < len(test)
     records = {m: build_records(m, train, test, k=k, seed=seed, sample=sample, n_sample=n_examples)
                for m in ("direct", "channel")}
     wanted = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
     print(f"model: {model_name} | device: {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}, "
-          f"{torch.get_num_threads()} threads) | dtype: {dt} | examples: {len(records['direct'])} | k: {k}")
-    print("| method | naive ex/s | fast ex/s | naive tokens | fast tokens | speed-up | max abs Δ log-prob | same predictions |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{torch.get_num_threads()} threads) | dtype: {dt} | quantize: {quantize} | "
+          f"examples: {len(records['direct'])} | k: {k}")
+    weights = weight_bytes(model)
+    print(f"weights: {weights / 2**30:.2f} GiB")
+    print("| method | naive ex/s | fast ex/s | naive tokens | fast tokens | speed-up | max abs Δ log-prob | "
+          "same predictions | fast s | fast tokens/s | fast peak beyond weights |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for method in wanted:
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         fast = _run(LlamaLM(model, tok, max_batch_size, True, "fast", max_batch_tokens), method, records)
+        beyond = f"{(peak_bytes(dev) - weights) / 2**30:.2f} GiB"
         n = len(records["direct"])
+        timing = f"{fast['seconds']:.1f} | {fast['tokens'] / fast['seconds']:,.0f} | {beyond}"
         if skip_naive:
-            print(f"| {method} | - | {n / fast['seconds']:.2f} | - | {fast['tokens']:,} | - | - | - |"
-                  f"  ({fast['seconds']:.1f} s)")
+            print(f"| {method} | - | {n / fast['seconds']:.2f} | - | {fast['tokens']:,} | - | - | - | {timing} |")
+            sys.stdout.flush()
             continue
         naive = _run(LlamaLM(model, tok, max_batch_size, True, "naive"), method, records)
         delta = max(abs(a - b) for ra, rb in zip(naive["results"], fast["results"])
                     for a, b in zip(ra["log_probs"], rb["log_probs"]))
         same = all(ra["prediction"] == rb["prediction"] for ra, rb in zip(naive["results"], fast["results"]))
         print(f"| {method} | {n / naive['seconds']:.2f} | {n / fast['seconds']:.2f} | {naive['tokens']:,} | "
-              f"{fast['tokens']:,} | {naive['seconds'] / fast['seconds']:.1f}x | {delta:.2e} | {same} |")
+              f"{fast['tokens']:,} | {naive['seconds'] / fast['seconds']:.1f}x | {delta:.2e} | {same} | {timing} |")
         sys.stdout.flush()
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(cli(main))

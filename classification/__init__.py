@@ -1,9 +1,11 @@
 """In-context text classification with LLaMA-family models (direct, calibrate, channel, generate).
 
-Modules: ``data`` (ag_news loading, demonstrations, input records), ``datasets`` (any dataset:
-presets, local files, the hub), ``templates`` (prompt text and placeholder filling), ``methods``
-(the methods and calibrations over :class:`classification.lm.LanguageModel`), ``metrics``,
-``runner`` (resumable, data-parallel evaluation), ``seeds`` (several demonstration seeds, mean ±
+Modules: ``presets`` (built-in datasets as data), ``sources`` (rows from local files or the
+hub), ``sampling`` (demonstrations, test samples, hold-out splits), ``datasets`` (flags ->
+input records), ``data`` (ag_news in the original's layout), ``templates`` (prompt text and
+placeholder filling), ``methods`` (the methods over :class:`classification.lm.LanguageModel`),
+``calibrations`` (one class per ``--calibration``), ``metrics``, ``runner`` (evaluation),
+``resume`` (partial files and fingerprints), ``seeds`` (several demonstration seeds, mean ±
 std), ``report`` (Markdown + plots), ``cli`` and ``table``.
 """
 

@@ -39,7 +39,7 @@ from classification.hidden import hidden_path, load_hidden, next_token_log_probs
 from classification.records import load_records
 from classification.retrieval import anchors_path
 
-CALIBRATIONS = ("hidden", "knn", "lda")
+NAMES = ("hidden", "lda", "knn")  # registered in classification.calibrations
 SHRINKAGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 DEFAULT_KNN_K = 3
 
@@ -134,8 +134,8 @@ class AnchorCalibration:
     """``--calibration hidden|lda|knn`` for runner.evaluate: check, prepare (anchors), apply."""
 
     def __init__(self, name: str, n_anchor: Optional[int] = None, knn_k: int = DEFAULT_KNN_K) -> None:
-        if name not in CALIBRATIONS:
-            raise ClassificationError(f"anchor calibration {name!r} is not one of {', '.join(CALIBRATIONS)}")
+        if name not in NAMES:
+            raise ClassificationError(f"anchor calibration {name!r} is not one of {', '.join(NAMES)}")
         for flag, value in (("--n_anchor", n_anchor), ("--knn_k", knn_k)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ClassificationError(f"{flag} must be a positive integer, got {value!r}")
@@ -178,8 +178,9 @@ class AnchorCalibration:
         from classification.runner import evaluate
 
         anchor_hidden = hidden_path(self.anchor_outputs)
+        # The direct run checked the model already.
         evaluate("direct", self.anchor_inputs, self.anchor_outputs, lm=lm, runtime=runtime, save_hidden=True,
-                 reuse=Path(anchor_hidden).is_file(), **direct_settings)
+                 check_model=False, reuse=Path(anchor_hidden).is_file(), **direct_settings)
         runtime.barrier()
         states = load_hidden(anchor_hidden, len(self.anchor_records), f"anchors {self.anchor_outputs}",
                              "delete it to score the anchors again")[self.keep]

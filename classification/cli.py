@@ -9,6 +9,7 @@ from typing import Any, Callable, List, TypeVar
 
 from classification.errors import ClassificationError
 from llama.checkpoint import CheckpointError
+from llama.tokenizer import TokenizerError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -16,8 +17,8 @@ EXIT_BAD_INPUT = 2
 
 
 def cli(fn: F) -> F:
-    """Decorate a script's ``main``: bad input (a :class:`ClassificationError`, or a checkpoint
-    that cannot be used) prints one line and exits 2.
+    """Decorate a script's ``main``: bad input (a :class:`ClassificationError`, or a checkpoint or
+    tokenizer that cannot be used) prints one line and exits 2.
 
     The signature and docstring stay ``fn``'s, so ``fire.Fire(main)`` and ``--help`` still work.
     """
@@ -26,7 +27,7 @@ def cli(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ClassificationError, CheckpointError) as e:
+        except (ClassificationError, CheckpointError, TokenizerError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from classification.errors import ClassificationError
+from llama.verify import file_hash
 
 
 def _umask() -> int:
@@ -53,8 +53,5 @@ def check_output_path(path: str, flag: str = "--output_path", inputs: Sequence[s
 
 
 def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a whole file."""
+    return file_hash(path, "sha256")

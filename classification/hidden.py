@@ -90,12 +90,8 @@ def _run_model(lm: Any, token_lists: Sequence[List[int]], pool: str, skip_first:
         with torch.no_grad():
             # Right padding under causal attention: real tokens never see the pads, so only the
             # pooling has to leave them out.
-            if prefix is not None:
-                cache = KVCache.for_model(model, len(batch), plen + width)
-                cache.copy_prefix(prefix, plen)
-                h = model(tokens.to(device), plen, cache, return_hidden=True)
-            else:
-                h = model(tokens.to(device), return_hidden=True)
+            # The shared prefix is attended in place (llama.model's prefix), never copied per row.
+            h = model(tokens.to(device), prefix=prefix, return_hidden=True)
             h = h.float().cpu()  # (bsz, width, dim)
         if pool == "last":
             vecs = h[torch.arange(len(batch)), lengths - 1]  # (bsz, dim)

@@ -6,7 +6,7 @@ language model for log p(continuation | context).  Tests use a fake model with t
 
 from __future__ import annotations
 
-from typing import List, Optional, Protocol, Sequence, Tuple
+from typing import List, Protocol, Sequence, Tuple, Union
 
 
 class TextTokenizer(Protocol):
@@ -42,7 +42,10 @@ class LanguageModel(Protocol):
         stop: Sequence[str] = ("\n",),
         temperature: float = 0.0,
         top_p: float = 1.0,
-        seed: Optional[int] = None,
+        seed: Union[None, int, Sequence[int]] = None,
     ) -> List[str]:
-        """Continue each context; cut each output before the first stop string or EOS."""
+        """Continue each context; cut each output before the first stop string or EOS.
+
+        ``seed``: one per context makes each sample independent of how contexts are batched.
+        """
         ...

@@ -8,7 +8,7 @@ was built with ``append_eos``).  Direct and channel differ only in their templat
 - direct:    prompt "...Article: {text}\\nCategory:",   completion "{label_word}"
 - channel:   prompt "...Category: {label_word}\\nArticle:", completion "{text}"
 - calibrate: the direct run's saved log-probs re-scored post hoc (no second pass over the test
-  set), one of :data:`CALIBRATIONS`; every calibrated score is renormalized over the labels
+  set), one of :data:`classification.calibrations.CALIBRATIONS`; every calibrated score is renormalized over the labels
   (log-softmax), so ``log_probs`` of a calibrated output are normalized label log-probs:
 
   - ``na``:    contextual calibration (Zhao et al. 2021) as in the original: p = softmax(direct
@@ -20,10 +20,12 @@ was built with ``append_eos``).  Direct and channel differ only in their templat
                score(y) = log p(y | x, prompt) - log p(y | domain premise), the premise being
                the template's text after ``{text}`` ("Category:" for ag_news).  Scores only the
                label words after the premise.
-  - ``batch``: batch calibration (Zhou et al. 2023): with l(y|x) = log-softmax of the direct
-               log-probs, score(y|x_i) = l(y|x_i) - mean over the batch j of l(y|x_j); the batch
-               is the whole test set (or consecutive blocks of ``batch_size`` records).  Needs
-               no model at all.
+  - ``batch``: batch calibration (Zhou et al. 2023): with p(y|x) = softmax of the direct
+               log-probs, score(y|x_i) = log p(y|x_i) - log of the mean over the batch j of
+               p(y|x_j); the batch is the whole test set (or consecutive blocks of ``batch_size``
+               records).  Needs no model at all.
+  - ``batch_logmean``: the same with the mean of the log-probs in place of the log of the mean
+               probability (what ``batch`` computed before it followed the paper).
 - generate:  greedy continuation of the direct prompt, parsed back to a label word
 
 Test texts too long for ``lm.max_seq_len`` are shortened token-wise (:func:`fit_text`).
@@ -32,17 +34,22 @@ Test texts too long for ``lm.max_seq_len`` are shortened token-wise (:func:`fit_
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from classification.errors import ClassificationError
 from classification.lm import LanguageModel
 from classification.templates import fill
 
+# Every method; calibrate and generate read direct input records, so only TEMPLATE_METHODS
+# have input records of their own.
+METHODS: Tuple[str, ...] = ("direct", "calibrate", "channel", "generate")
+TEMPLATE_METHODS: Tuple[str, ...] = ("direct", "channel")
+MODEL_METHODS: Tuple[str, ...] = ("direct", "channel", "generate")  # those that score the test set
 COMPLETION_ENDS: Tuple[str, ...] = ("eos", "none", "newline")
 NONE_PREDICTION = "none"
 DEFAULT_CONTENT_FREE: Tuple[str, ...] = ("N/A",)
 CBU_CONTENT_FREE: Tuple[str, ...] = ("N/A", "", "[MASK]")
-CALIBRATIONS: Tuple[str, ...] = ("na", "cbu", "dcpmi", "batch")
 # When the longest label's request is this close to the limit, every label's request is counted.
 _EXACT_MARGIN = 4
 
@@ -234,10 +241,12 @@ def calibrate(
 
 
 def parse_generation(generation: str, label_words: Sequence[str]) -> str:
-    """The label word the generation starts with (case-insensitive, longest match), else "none"."""
+    """The label word the generation starts with as a whole word (case-insensitive, longest
+    match: "World news" and "World." name World, "Worldwide" does not), else "none"."""
     text = generation.strip().lower()
     for word in sorted(label_words, key=len, reverse=True):
-        if word and text.startswith(word.lower()):
+        w = word.lower()
+        if w and text.startswith(w) and not (len(text) > len(w) and text[len(w)].isalnum() and w[-1].isalnum()):
             return word
     return NONE_PREDICTION
 
@@ -262,8 +271,10 @@ def generate(
         text, cut = fit_text(lm, record["text"], needed, what)
         contexts.append(fill(record["prompt"], text=text))
         shortened.append(cut)
+    # One seed per record (from its index), so a sample does not depend on chunks or batches.
+    seeds = None if seed is None else [(seed * 1_000_003 + int(r.get("index", 0))) % (1 << 63) for r in records]
     generations = (
-        lm.generate_until(contexts, max_gen_len, stop=("\n",), temperature=temperature, top_p=top_p, seed=seed)
+        lm.generate_until(contexts, max_gen_len, stop=("\n",), temperature=temperature, top_p=top_p, seed=seeds)
         if contexts
         else []
     )
@@ -308,19 +319,54 @@ def dcpmi_log_probs(log_probs: Sequence[float], premise_lp: Sequence[float]) -> 
     return log_softmax([a - b for a, b in zip(log_probs, premise_lp)])
 
 
-def batch_means(all_log_probs: Sequence[Sequence[float]], batch_size: Optional[int] = None) -> List[List[float]]:
-    """Per record, the mean normalized label log-prob of its batch (all records when batch_size is None)."""
+BATCH_AVERAGES: Tuple[str, ...] = ("probs", "log_probs")
+
+
+def batch_log_priors(
+    all_log_probs: Sequence[Sequence[float]], batch_size: Optional[int] = None, average: str = "probs"
+) -> List[List[float]]:
+    """Per record, the log label prior of its batch (all records when batch_size is None).
+
+    ``average="probs"``: log of the mean of the normalized label probabilities, the contextual
+    prior of Batch Calibration (Zhou et al. 2023).  ``"log_probs"``: the mean of the normalized
+    label log-probs (a geometric mean of the probabilities).
+    """
+    if average not in BATCH_AVERAGES:
+        raise ValueError(f"average must be one of {BATCH_AVERAGES}, not {average!r}")
     n = len(all_log_probs)
     size = n if batch_size is None else batch_size
-    means: List[List[float]] = []
+    priors: List[List[float]] = []
     for start in range(0, n, max(1, size)):
         block = [log_softmax(lp) for lp in all_log_probs[start : start + size]]
-        mean = [sum(col) / len(block) for col in zip(*block)]
-        means.extend([mean] * len(block))
-    return means
+        if average == "probs":
+            prior = [math.log(sum(math.exp(x) for x in col) / len(block)) for col in zip(*block)]
+        else:
+            prior = [sum(col) / len(block) for col in zip(*block)]
+        priors.extend([prior] * len(block))
+    return priors
 
 
-def batch_calibrate(all_log_probs: Sequence[Sequence[float]], batch_size: Optional[int] = None) -> List[List[float]]:
-    """Batch calibration: log-softmax of (log-softmax(lp_i) - mean of its batch), for every record."""
-    means = batch_means(all_log_probs, batch_size)
-    return [log_softmax([a - m for a, m in zip(log_softmax(lp), mean)]) for lp, mean in zip(all_log_probs, means)]
+def batch_calibrate(
+    all_log_probs: Sequence[Sequence[float]], batch_size: Optional[int] = None, average: str = "probs"
+) -> List[List[float]]:
+    """Batch calibration: log-softmax of (log-softmax(lp_i) - its batch's log prior), per record."""
+    priors = batch_log_priors(all_log_probs, batch_size, average)
+    return [log_softmax([a - m for a, m in zip(log_softmax(lp), prior)]) for lp, prior in zip(all_log_probs, priors)]
+
+
+def shared_context(records: Sequence[Record], method: str) -> str:
+    """The longest common string prefix of every context ``method`` will score for ``records``.
+
+    direct and channel: the contexts of every record and label word (a test text may be
+    shortened, so contexts with an empty text count too); generate: the prompts; calibrate: "".
+    """
+    if method == "calibrate" or not records:
+        return ""
+    contexts: List[str] = []
+    for record in records:
+        for text in (record["text"], ""):
+            if method == "generate":
+                contexts.append(fill(record["prompt"], text=text))
+            else:
+                contexts.extend(request(record, text, word)[0] for word in record["label_words"])
+    return os.path.commonprefix(contexts)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
+from classification.methods import softmax
+
 NONE = "none"
 
 
@@ -94,13 +96,6 @@ def classification_metrics(
 N_BINS = 10
 
 
-def _softmax(xs: Sequence[float]) -> List[float]:
-    top = max(xs)
-    exps = [math.exp(x - top) for x in xs]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
 def reliability(
     log_probs: Sequence[Sequence[float]], truth: Sequence[int], n_bins: int = N_BINS
 ) -> Dict[str, Any]:
@@ -116,7 +111,7 @@ def reliability(
     conf_sums = [0.0] * n_bins
     correct = [0] * n_bins
     for lp, t in zip(log_probs, truth):
-        probs = _softmax(lp)
+        probs = softmax(lp)
         best = max(range(len(probs)), key=lambda i: (probs[i], -i))
         conf = probs[best]
         b = min(n_bins - 1, int(conf * n_bins))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from classification.errors import ClassificationError
 
 REQUIRED_KEYS = ("prompt", "completion", "text", "label_words", "ground_truth")
-METHODS = ("direct", "calibrate", "channel", "generate")
 
 
 def read_json(path: str, what: str, flag: str) -> Any:
@@ -20,7 +20,7 @@ def read_json(path: str, what: str, flag: str) -> Any:
         hint = "; create it with run_preprocess.py (or run_preprocess_*_ag_news.py)" if inputs else ""
         raise ClassificationError(f"{flag} {path}: {what} file not found{hint}")
     try:
-        with open(p, encoding="utf-8") as f:
+        with open(p, encoding="utf-8-sig") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ClassificationError(f"{flag} {path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
@@ -54,6 +54,7 @@ def validate_records(data: Any, method: str, path: str) -> List[Dict[str, Any]]:
         raise ClassificationError(f"{flag} {path}: no records")
     records: List[Dict[str, Any]] = []
     first_words: Optional[List[str]] = None
+    seen: Dict[int, int] = {}
     for i, rec in enumerate(data):
         where = f"{flag} {path}: record {i}"
         if not isinstance(rec, dict):
@@ -71,6 +72,8 @@ def validate_records(data: Any, method: str, path: str) -> List[Dict[str, Any]]:
             raise ClassificationError(f"{where}: label_words is empty")
         if len(set(words)) != len(words):
             raise ClassificationError(f"{where}: label_words has duplicates: {words}")
+        if not all(w.strip() for w in words):
+            raise ClassificationError(f"{where}: label_words has an empty word: {words}")
         if rec["ground_truth"] not in words:
             raise ClassificationError(f"{where}: ground_truth {rec['ground_truth']!r} is not among label_words {words}")
         if first_words is None:
@@ -82,6 +85,11 @@ def validate_records(data: Any, method: str, path: str) -> List[Dict[str, Any]]:
         index = rec.get("index", i)
         if not isinstance(index, int) or isinstance(index, bool):
             raise ClassificationError(f"{where}: index must be an integer")
+        if index in seen:
+            raise ClassificationError(
+                f"{where}: index {index} is also record {seen[index]}'s; every record needs its own index"
+            )
+        seen[index] = i
         _check_template(rec, i, method, path)
         records.append({**rec, "index": index})
     return records
@@ -110,6 +118,11 @@ def load_direct_outputs(path: str, records: List[Dict[str, Any]]) -> List[Dict[s
             raise ClassificationError(f"{where} has no log_probs list{hint}")
         if len(out["log_probs"]) != n_labels or not all(isinstance(x, (int, float)) for x in out["log_probs"]):
             raise ClassificationError(f"{where}: log_probs needs {n_labels} numbers{hint}")
+        if not all(math.isfinite(x) for x in out["log_probs"]):
+            raise ClassificationError(
+                f"{where} has a non-finite log-prob {out['log_probs']}; rerun the direct method with "
+                "--dtype bf16 or --dtype fp32"
+            )
         if out.get("index", rec["index"]) != rec["index"]:
             raise ClassificationError(f"{where} has index {out.get('index')} but the input has {rec['index']}{hint}")
     return data

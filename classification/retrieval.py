@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from classification.data import Example
+from classification.sampling import Example
 from classification.errors import ClassificationError
 from classification.templates import has_placeholder
 
@@ -276,7 +276,7 @@ def build_records(
     the same records with each prompt's demonstrations retrieved for its input; each record keeps
     the train indices of its demonstrations (``demo_indices``, in prompt order).
     """
-    from classification.data import select_demonstrations
+    from classification.sampling import select_demonstrations
     from classification.datasets import make_records
     from classification.templates import build_prompt_from_template
 

@@ -1,8 +1,8 @@
-"""One resumable, data-parallel evaluation loop shared by the four ``run_evaluate_*`` scripts.
+"""One evaluation loop shared by the four ``run_evaluate_*`` scripts.
 
 :func:`evaluate` reads and checks the inputs, checks that the output can be written, loads the
-model (or takes a given :class:`~classification.lm.LanguageModel`), scores the records in chunks
-and writes, on the main rank:
+model (or takes a given :class:`~classification.lm.LanguageModel`), scores the records
+resumably (:mod:`classification.resume`) and writes, on the main rank:
 
 - ``output_path``: one JSON record per input record, same order (``index``, ``ground_truth``,
   ``prediction``, ``correct``, ``log_probs``, ``shortened``, and ``generation`` for generate);
@@ -11,79 +11,42 @@ and writes, on the main rank:
   the dataset/k/seed of the inputs (their ``meta``) and the run's fingerprint.
 
 ``reuse=True`` returns the metrics of a finished run with the same fingerprint without scoring
-(the seeds command uses it to skip what is done).
-
-Resume: every finished chunk is appended to ``<output_path>.partial.jsonl`` (one file per
-data-parallel rank, ``<output_path>.partial.<rank>.jsonl``, when there are several), whose first
-line is a fingerprint of everything that changes the results.  A rerun with the same arguments
-skips what those files hold, so a run killed half way loses at most the chunk in flight and
-scores nothing twice; a fingerprint mismatch starts over.  The files go once the output is
-written (atomically).  Batch size, chunk size, device and data-parallel size are not part of the
-fingerprint: the predictions do not depend on them.
+(the seeds command uses it to skip what is done).  Calibrations are objects of
+:mod:`classification.calibrations`.  Batch size, chunk size and data-parallel size are not part
+of the fingerprint: the predictions do not depend on them.
 """
 
 from __future__ import annotations
 
-import glob
-import json
+import math
 import os
-import tempfile
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from tqdm import tqdm
-
-from classification import anchors, hidden, methods
+from classification import hidden, methods
+from classification.calibrations import Calibration, CalibrationOptions, calibration_class
 from classification.errors import ClassificationError
-from classification.fileio import check_output_path, file_sha256, write_json_atomic
+from classification.fileio import check_output_path, file_sha256
 from classification.lm import LanguageModel
 from classification.metrics import calibration_metrics, classification_metrics
-from classification.records import METHODS, load_direct_outputs, load_records
+from classification.methods import METHODS
+from classification.records import load_direct_outputs, load_records
+from classification.resume import (
+    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, partial_path,
+    read_metrics, run_resumable, shard, write_finished,
+)
 from classification.scoring import SCORING_MODES as SCORINGS
+from llama.quantize import QUANTIZE_MODES
+
+__all__ = ["evaluate", "load_model", "metrics_path", "partial_path", "shard", "DEFAULT_CKPT_DIR"]
 
 DEFAULT_CKPT_DIR = "checkpoints/smollm2/135M"
 DEFAULT_TOKENIZER_PATH = "checkpoints/smollm2/tokenizer.json"
-CHUNK_SIZE = 64
-PARTIAL_VERSION = 1
+MODEL_CHECK_FRACTION = 0.75  # see check_model_fits
 
 Result = Dict[str, Any]
-
-
-@dataclass
-class LocalRuntime:
-    """The single-process stand-in for :class:`llama.runtime.Runtime` (rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    mp_size: int = 1
-
-    mp_rank = property(lambda self: 0)
-    dp_rank = property(lambda self: 0)
-    dp_size = property(lambda self: 1)
-    is_main = property(lambda self: True)
-
-    def all_gather_object(self, obj: Any) -> List[Any]:
-        return [obj]
-
-    def barrier(self) -> None:
-        pass
-
-
-def metrics_path(output_path: str) -> str:
-    """``samples/outputs_x.json`` -> ``samples/outputs_x.metrics.json``."""
-    return str(Path(output_path).with_suffix(".metrics.json"))
-
-
-def partial_path(output_path: str, dp_rank: int = 0, dp_size: int = 1) -> str:
-    """The JSONL file a data-parallel rank appends its finished results to."""
-    return f"{output_path}.partial.jsonl" if dp_size == 1 else f"{output_path}.partial.{dp_rank}.jsonl"
-
-
-def shard(positions: Sequence[int], dp_rank: int, dp_size: int) -> List[int]:
-    """A data-parallel rank's share: every ``dp_size``-th position starting at ``dp_rank``."""
-    return list(positions[dp_rank::dp_size])
 
 
 def load_model(
@@ -95,11 +58,35 @@ def load_model(
     device: Optional[str],
     scoring: str,
     append_eos: bool,
+    verify_checkpoint: Optional[bool] = None,
+    model_parallel_size: Optional[int] = None,
+    quantize: str = "none",
 ) -> Tuple[LanguageModel, Any]:
-    """Load the real model and its runtime (``classification.scoring.load_lm``)."""
+    """Load the real model and its runtime (``classification.scoring.load_lm``), after checking
+    the files against Meta's ``checklist.chk`` when ``verify_checkpoint`` (None: when there is one)."""
     for flag, path in (("--ckpt_dir", ckpt_dir), ("--tokenizer_path", tokenizer_path)):
         if not Path(path).exists():
             raise ClassificationError(f"{flag} {path} does not exist; run `make setup` or pass {flag}")
+    if verify_checkpoint is not False:
+        from llama.verify import CHECKLIST, VerifyError, verify_checklist
+
+        if verify_checkpoint and not (Path(ckpt_dir) / CHECKLIST).is_file():
+            raise ClassificationError(f"--verify_checkpoint: {ckpt_dir} has no {CHECKLIST} to verify against")
+        try:
+            verify_checklist(ckpt_dir, show_progress=int(os.environ.get("RANK", "0")) == 0)
+        except VerifyError as e:
+            raise ClassificationError(str(e)) from None
+    if dtype is not None:
+        from llama.runtime import DTYPES
+
+        if str(dtype).lower() not in DTYPES:
+            raise ClassificationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    from llama.verify import trained_context
+
+    context, source = trained_context(ckpt_dir)
+    if context is not None and max_seq_len > context:
+        print(f"warning: --max_seq_len {max_seq_len} is above the {context} tokens the model was trained for "
+              f"({source}); longer prompts are extrapolated: pass --max_seq_len {context}", file=sys.stderr)
     from classification.scoring import load_lm
 
     return load_lm(
@@ -111,85 +98,14 @@ def load_model(
         device,
         scoring=scoring,
         append_eos=append_eos,
+        model_parallel_size=model_parallel_size,
+        verify_checkpoint=verify_checkpoint,
+        quantize=quantize,
     )
 
 
 # ---------------------------------------------------------------------------------------------
-# Partial results
-
-
-def read_partials(
-    output_path: str, fingerprint: Dict[str, Any], n: int
-) -> Tuple[Dict[int, Result], Dict[str, List[str]]]:
-    """Results already in partial files made with ``fingerprint``; also each file's valid lines.
-
-    Lines that do not parse (a line cut short by a kill) are skipped; files with another
-    fingerprint are ignored.
-    """
-    done: Dict[int, Result] = {}
-    lines_by_file: Dict[str, List[str]] = {}
-    for path in sorted(glob.glob(glob.escape(output_path) + ".partial*.jsonl")):
-        try:
-            with open(path, encoding="utf-8") as f:
-                lines = f.read().split("\n")
-        except OSError:
-            continue
-        try:
-            header = json.loads(lines[0])
-        except (json.JSONDecodeError, IndexError):
-            continue
-        if not isinstance(header, dict) or header.get("fingerprint") != fingerprint:
-            continue
-        kept = [lines[0]]
-        for line in lines[1:]:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            pos = entry.get("pos") if isinstance(entry, dict) else None
-            if not isinstance(pos, int) or not 0 <= pos < n or not isinstance(entry.get("result"), dict):
-                continue
-            kept.append(line)
-            done.setdefault(pos, entry["result"])
-        lines_by_file[path] = kept
-    return done, lines_by_file
-
-
-class PartialWriter:
-    """Appends finished results to one rank's partial file (flushed and synced per chunk)."""
-
-    def __init__(self, path: str, fingerprint: Dict[str, Any], keep_lines: Optional[List[str]]) -> None:
-        self.path = path
-        lines = keep_lines or [json.dumps({"version": PARTIAL_VERSION, "fingerprint": fingerprint})]
-        target = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, target)
-        self.file = open(path, "a", encoding="utf-8")
-
-    def append(self, entries: Sequence[Tuple[int, Result]]) -> None:
-        for pos, result in entries:
-            self.file.write(json.dumps({"pos": pos, "result": result}) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
-
-
-def _content_free_list(content_free: Union[None, str, Sequence[Any]], calibration: str = "na") -> List[str]:
-    if content_free is None:
-        return list(methods.CBU_CONTENT_FREE if calibration == "cbu" else methods.DEFAULT_CONTENT_FREE)
-    if isinstance(content_free, str):
-        return [content_free]
-    if isinstance(content_free, (list, tuple)):
-        return [str(x) for x in content_free]
-    return [str(content_free)]
+# Checks
 
 
 def _check_flags(
@@ -211,14 +127,24 @@ def _check_flags(
         raise ClassificationError(f"--top_p must be in (0, 1], got {top_p!r}")
 
 
-def _check_direct_run(direct_output_path: str, completion_end: str) -> None:
-    """Calibration must score content-free inputs the way the direct run scored labels."""
+def _check_direct_run(direct_output_path: str, data_path: str, completion_end: str) -> None:
+    """The direct outputs must come from this very input file (the input hash their metrics
+    record), and calibration must score content-free inputs the way the direct run scored labels."""
     path = metrics_path(direct_output_path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            used = json.load(f).get("completion_end")
-    except (OSError, ValueError, AttributeError):
-        return
+    metrics = read_metrics(direct_output_path)
+    rerun = f"rerun run_evaluate_direct_llama.py --data_path {data_path} --output_path {direct_output_path}"
+    if metrics is None:
+        raise ClassificationError(
+            f"--direct_output_path {direct_output_path}: no metrics file {path} of that very output to show "
+            f"which inputs it came from; {rerun}"
+        )
+    recorded = (metrics.get("fingerprint") or {}).get("data_sha256")
+    if recorded != file_sha256(data_path):
+        raise ClassificationError(
+            f"--direct_output_path {direct_output_path} was produced from other inputs than {data_path} "
+            f"(input sha256 {str(recorded)[:12]}, not {file_sha256(data_path)[:12]}); {rerun}"
+        )
+    used = metrics.get("completion_end")
     if used is not None and used != completion_end:
         raise ClassificationError(
             f"the direct outputs were scored with --completion_end {used} (see {path}); "
@@ -226,56 +152,120 @@ def _check_direct_run(direct_output_path: str, completion_end: str) -> None:
         )
 
 
-def run_resumable(
-    score: Callable[[List[int]], List[Result]],
-    order: Sequence[int],
-    output_path: str,
-    fingerprint: Dict[str, Any],
-    runtime: Any,
-    chunk_size: int = CHUNK_SIZE,
-    desc: str = "",
-) -> Optional[Tuple[Dict[int, Result], int]]:
-    """Score every position of ``order`` once, in chunks, across data-parallel ranks, resumably.
+# ---------------------------------------------------------------------------------------------
+# Scoring and outputs
 
-    Positions already in partial files with this ``fingerprint`` are skipped; the rest are
-    strided over the ranks (:func:`shard`), and each rank appends its results to its own partial
-    file after every chunk.  Returns ({position: result}, number resumed) on the main rank, None
-    on the others.
-    """
-    is_main = bool(runtime.is_main)
-    dp_rank, dp_size = int(runtime.dp_rank), int(runtime.dp_size)
-    done, lines_by_file = read_partials(output_path, fingerprint, len(order))
-    runtime.barrier()  # every rank has read the partial files before any rank rewrites its own
-    mine = shard([p for p in order if p not in done], dp_rank, dp_size)
-    if is_main and done:
-        print(f"Resuming: {len(done)} of {len(order)} examples already scored in {output_path}.partial*")
-    own = partial_path(output_path, dp_rank, dp_size)
-    # Model-parallel ranks of one group score the same share; one of them writes it down.
-    writer = PartialWriter(own, fingerprint, lines_by_file.get(own)) if getattr(runtime, "mp_rank", 0) == 0 else None
-    new: List[Tuple[int, Result]] = []
+
+def make_scorer(
+    method: str,
+    lm: Optional[LanguageModel],
+    records: Sequence[Dict[str, Any]],
+    completion_end: str,
+    calibration: Optional[Calibration] = None,
+    direct_outputs: Sequence[Dict[str, Any]] = (),
+    generation: Optional[Dict[str, Any]] = None,
+    save_hidden: bool = False,
+) -> Callable[[List[int]], List[Result]]:
+    """positions -> results for ``method`` (calibrations are prepared here, once); ``save_hidden``:
+    each result also carries its label-predicting hidden state (:func:`classification.hidden.attach_hidden`)."""
+    label_words: List[str] = records[0]["label_words"]
+    if calibration is not None:
+        direct_lp = [o["log_probs"] for o in direct_outputs]
+        calibration.prepare(lm, records, direct_lp)
+
+        def calibrated(positions: List[int]) -> List[Result]:
+            out = []
+            for p in positions:
+                result = calibration.apply(p, records[p], direct_lp[p])
+                result["prediction"] = label_words[methods.argmax(result["log_probs"])]
+                result["shortened"] = bool(direct_outputs[p].get("shortened", False))
+                out.append(result)
+            return out
+
+        return calibrated
+    if method == "generate":
+        return lambda positions: methods.generate(lm, [records[p] for p in positions], **(generation or {}))
+    score_fn = getattr(methods, method)
+
+    def scored(positions: List[int]) -> List[Result]:
+        chunk = [records[p] for p in positions]
+        results = score_fn(lm, chunk, completion_end)
+        if save_hidden:
+            hidden.attach_hidden(lm, chunk, results, completion_end)
+        return results
+
+    return scored
+
+
+def check_finite(
+    score: Callable[[List[int]], List[Result]], records: Sequence[Dict[str, Any]], dtype: Optional[str]
+) -> Callable[[List[int]], List[Result]]:
+    """``score`` that stops, before anything is stored, at the first non-finite log-prob."""
+
+    def checked(positions: List[int]) -> List[Result]:
+        results = score(positions)
+        for p, result in zip(positions, results):
+            if not all_finite(result):
+                raise ClassificationError(
+                    f"record {p} (index {records[p]['index']}) got a non-finite log-prob {result.get('log_probs')} "
+                    f"with dtype {dtype}; rerun with --dtype bf16 or --dtype fp32"
+                )
+        return results
+
+    return checked
+
+
+def precision_used(lm: Any, runtime: Any, dtype: Optional[str], device: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """(dtype, device) as used, e.g. ("bfloat16", "cpu"): the runtime's or the model's when there
+    is one, else what loading would pick for these flags; a model object without weights (a test
+    double) keeps the flags."""
+    if runtime is not None and hasattr(runtime, "dtype") and hasattr(runtime, "device"):
+        return str(runtime.dtype).replace("torch.", ""), str(runtime.device)
+    model = getattr(lm, "model", None)
+    if model is not None:
+        return str(next(model.parameters()).dtype).replace("torch.", ""), str(lm.device)
+    if lm is not None:
+        return dtype, device
+    import torch
+
+    from llama.runtime import resolve_dtype
+
     try:
-        with tqdm(total=len(mine), desc=desc, unit="ex", disable=not is_main) as bar:
-            for i in range(0, len(mine), chunk_size):
-                positions = mine[i : i + chunk_size]
-                entries = list(zip(positions, score(positions)))
-                if writer is not None:
-                    writer.append(entries)
-                new.extend(entries)
-                bar.update(len(positions))
-    finally:
-        if writer is not None:
-            writer.close()
-    gathered = runtime.all_gather_object(new)
-    if not is_main:
+        dev = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ClassificationError(f"--device {device!r} is not one of cpu, cuda (or cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ClassificationError(f"--device {device} but torch sees no CUDA device here; use --device cpu")
+    try:
+        return str(resolve_dtype(dtype, dev)).replace("torch.", ""), dev.type
+    except ValueError as e:
+        raise ClassificationError(f"--dtype: {e}") from None
+
+
+def check_model_fits(lm: Any, records: Sequence[Dict[str, Any]], method: str, check_model: bool) -> Optional[float]:
+    """Give the model the prefix shared by the whole file (it caches it once) and, with
+    ``check_model``, stop when the model predicts that prefix hardly better than uniform.
+
+    A model that belongs to its params and tokenizer predicts its own prompt far better than
+    log V nats per token (SmolLM2-135M on the ag_news demonstrations: about a third of log V;
+    random weights of the same shape: log V or more), while a wrong tokenizer, params that
+    contradict the weights or corrupted weights land near log V.  The threshold is 0.75 log V.
+    """
+    setter = getattr(lm, "set_shared_prefix", None)
+    if setter is None or method not in methods.MODEL_METHODS:
         return None
-    results = dict(done)
-    for part in gathered:
-        for pos, result in part:
-            results.setdefault(pos, result)
-    missing = [p for p in order if p not in results]
-    if missing:
-        raise RuntimeError(f"{len(missing)} examples have no result (first: record {missing[0]})")
-    return results, len(done)
+    nll = setter(methods.shared_context(records, method))
+    if check_model and nll is not None:
+        log_v = math.log(lm.tokenizer.n_words)
+        if not nll <= MODEL_CHECK_FRACTION * log_v:
+            raise ClassificationError(
+                f"the model's mean loss on the demonstration prefix is {nll:.2f} nats/token, near uniform "
+                f"(log V = {log_v:.2f}): checkpoint, params and tokenizer do not belong together "
+                "(--check_model False skips this check, e.g. for random weights)"
+            )
+    return nll
 
 
 def build_outputs(records: Sequence[Dict[str, Any]], results: Dict[int, Result], method: str) -> List[Dict[str, Any]]:
@@ -297,33 +287,37 @@ def build_outputs(records: Sequence[Dict[str, Any]], results: Dict[int, Result],
     return outputs
 
 
-def _check_calibration(
-    calibration: str, content_free: Any, domain_premise: Optional[str], batch_size: Optional[int]
-) -> None:
-    if calibration not in methods.CALIBRATIONS + anchors.CALIBRATIONS:
-        names = ", ".join(methods.CALIBRATIONS + anchors.CALIBRATIONS)
-        raise ClassificationError(f"--calibration {calibration!r} is not one of {names}")
-    if content_free is not None and calibration not in ("na", "cbu"):
-        raise ClassificationError(f"--content_free applies to --calibration na or cbu, not {calibration}")
-    if domain_premise is not None and calibration != "dcpmi":
-        raise ClassificationError(f"--domain_premise applies to --calibration dcpmi, not {calibration}")
-    if batch_size is not None:
-        if calibration != "batch":
-            raise ClassificationError(f"--batch_size applies to --calibration batch, not {calibration}")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ClassificationError(f"--batch_size must be a positive integer, got {batch_size!r}")
+def compute_metrics(
+    records: Sequence[Dict[str, Any]], outputs: Sequence[Dict[str, Any]], method: str, settings: Dict[str, Any]
+) -> Dict[str, Any]:
+    """Scores of ``outputs`` plus the inputs' dataset/k/seed and the run's ``settings``."""
+    label_words = records[0]["label_words"]
+    truth = [o["ground_truth"] for o in outputs]
+    metrics = classification_metrics(
+        truth, [o["prediction"] for o in outputs], label_words, none_column=method == "generate"
+    )
+    metrics.update(calibration_metrics([o["log_probs"] for o in outputs], truth, label_words))
+    meta = records[0].get("meta")
+    if isinstance(meta, dict):
+        metrics.update({key: meta.get(key) for key in ("dataset", "k", "seed", "sample_seed")})
+    metrics.update(settings)
+    metrics["n_shortened"] = sum(o["shortened"] for o in outputs)
+    return metrics
 
 
-def _finished(output_path: str, fingerprint: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The metrics of a finished run with this fingerprint, else None."""
-    try:
-        with open(metrics_path(output_path), encoding="utf-8") as f:
-            metrics = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if isinstance(metrics, dict) and metrics.get("fingerprint") == fingerprint and Path(output_path).is_file():
-        return metrics
-    return None
+def report(output_path: str, method: str, metrics: Dict[str, Any]) -> None:
+    print(f"Accuracy: {metrics['accuracy']:.4f}")
+    if metrics["ece"] is not None:
+        print(f"Expected calibration error: {metrics['ece']:.4f}")
+    if method == "generate":
+        print(f"Unparsed generations (none): {metrics['n_none']}")
+    if metrics["n_shortened"]:
+        print(f"Shortened test texts: {metrics['n_shortened']}")
+    print(f"Wrote {output_path} and {metrics_path(output_path)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
 
 
 def evaluate(
@@ -347,220 +341,139 @@ def evaluate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 1,
+    quantize: str = "none",
+    check_model: bool = True,
+    verify_checkpoint: Optional[bool] = None,
     chunk_size: int = CHUNK_SIZE,
+    save_every_s: float = SAVE_EVERY_S,
     lm: Optional[LanguageModel] = None,
     runtime: Optional[Any] = None,
     reuse: bool = False,
+    model_parallel_size: Optional[int] = None,
     save_hidden: bool = False,
     n_anchor: Optional[int] = None,
-    knn_k: int = anchors.DEFAULT_KNN_K,
+    knn_k: Optional[int] = None,
 ) -> Optional[Dict[str, Any]]:
     """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
 
     ``method``: direct, calibrate, channel or generate.  For calibrate, ``data_path`` is the
     direct input file and ``direct_output_path`` the direct run's output, whose ``log_probs``
-    are re-scored with ``calibration`` (na, cbu, dcpmi or batch; see
-    :mod:`classification.methods`; hidden, lda or knn with ``n_anchor``/``knn_k``: see
-    :mod:`classification.anchors`) without a second pass over the test set.  ``save_hidden``
-    (direct): also write each record's label-predicting hidden state (:mod:`classification.hidden`).
-    ``lm``/``runtime``: use this language model (and runtime; default single process) instead of loading
-    ``ckpt_dir``.  Returns the metrics on the main rank, None elsewhere.
+    are re-scored with ``calibration`` (one of :data:`classification.calibrations.CALIBRATIONS`)
+    without a second pass over the test set.  ``lm``/``runtime``: use this language model (and
+    runtime; default single process) instead of loading ``ckpt_dir``.  Returns the metrics on
+    the main rank, None elsewhere.  ``check_model``: stop when the model predicts the shared
+    demonstration prefix hardly better than uniform (:func:`check_model_fits`).
+    ``verify_checkpoint``: check Meta's ``checklist.chk`` (None: when the checkpoint has one).
+    ``save_hidden`` (direct): also write each record's label-predicting hidden state to
+    ``<output stem>.hidden.npy`` (:mod:`classification.hidden`), which the anchor calibrations
+    (hidden, lda, knn; ``n_anchor``, ``knn_k``: :mod:`classification.anchors`) read.
     """
     start = time.time()
     _check_flags(
         method, scoring, completion_end, max_seq_len, max_batch_size, max_gen_len, temperature, top_p, chunk_size
     )
-    is_calibrate = method == "calibrate"
-    if is_calibrate:
-        _check_calibration(calibration, content_free, domain_premise, batch_size)
+    direct_run = dict(data_path=data_path, direct_output_path=direct_output_path, ckpt_dir=ckpt_dir,
+                      tokenizer_path=tokenizer_path, max_seq_len=max_seq_len, max_batch_size=max_batch_size,
+                      dtype=dtype, device=device, scoring=scoring, quantize=quantize, chunk_size=chunk_size)
+    options = CalibrationOptions(content_free, domain_premise, batch_size, completion_end, n_anchor, knn_k, direct_run)
+    calibration_cls = calibration_class(calibration, options) if method == "calibrate" else None
+    if quantize not in QUANTIZE_MODES:
+        raise ClassificationError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE_MODES)}")
     if save_hidden and method != "direct":
         raise ClassificationError(f"--save_hidden applies to the direct method, not {method}")
-    anchored = None
-    if is_calibrate and calibration in anchors.CALIBRATIONS:
-        anchored = anchors.AnchorCalibration(calibration, n_anchor, knn_k)
-    if anchored is None and (n_anchor is not None or knn_k != anchors.DEFAULT_KNN_K):
-        raise ClassificationError("--n_anchor and --knn_k apply to --calibration hidden, lda or knn")
-    cf_texts = _content_free_list(content_free, calibration)
     records = load_records(data_path, method)
-    label_words: List[str] = records[0]["label_words"]
+    calibrator: Optional[Calibration] = None
     direct_outputs: List[Dict[str, Any]] = []
     inputs = [data_path]
-    if is_calibrate:
+    if calibration_cls is not None:
         if not direct_output_path:
             raise ClassificationError(
                 f"calibration {calibration} needs --direct_output_path (the output of run_evaluate_direct_llama.py "
                 "on --direct_input_path)"
             )
-        if calibration in ("na", "cbu") and not cf_texts:
-            raise ClassificationError("--content_free needs at least one content-free text, e.g. N/A")
         direct_outputs = load_direct_outputs(direct_output_path, records)
-        _check_direct_run(direct_output_path, completion_end)
+        _check_direct_run(direct_output_path, data_path, completion_end)
+        calibrator = calibration_cls(options, records)
         inputs.append(direct_output_path)
-    anchor_fingerprint = anchored.check(data_path, direct_output_path, len(records)) if anchored else {}
     check_output_path(output_path, inputs=inputs)
-    premise = None
-    if is_calibrate and calibration == "dcpmi":
-        premise = domain_premise if domain_premise is not None else methods.default_domain_premise(records[0])
-        if not isinstance(premise, str) or not premise.strip():
-            raise ClassificationError("--domain_premise must be a non-empty text, e.g. Category:")
 
-    fingerprint: Dict[str, Any] = {
-        "method": method,
-        "data_sha256": file_sha256(data_path),
-        "ckpt_dir": ckpt_dir,
-        "tokenizer_path": tokenizer_path,
-        "max_seq_len": max_seq_len,
-        "dtype": dtype,
-        "scoring": scoring,
-    }
+    needs_model = calibrator is None or calibrator.needs_model
+    if not needs_model and runtime is None and int(os.environ.get("RANK", "0")) != 0:
+        return None  # no model, so no process group: under torchrun rank 0 alone does the work
+
+    settings: Dict[str, Any] = {"method": method, "max_seq_len": max_seq_len, "scoring": scoring}
+    if needs_model:
+        settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
+        settings["quantize"] = quantize
+    generation = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
     if method == "generate":
-        fingerprint.update(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
+        settings.update(generation)
     else:
-        fingerprint["completion_end"] = completion_end
-    if is_calibrate:
-        assert direct_output_path is not None
-        fingerprint.update(calibration=calibration, direct_output_sha256=file_sha256(direct_output_path))
-        if calibration in ("na", "cbu"):
-            fingerprint["content_free"] = cf_texts
-        elif calibration == "dcpmi":
-            fingerprint["domain_premise"] = premise
-        else:
-            fingerprint["batch_size"] = batch_size
-        fingerprint.update(anchor_fingerprint)
+        settings["completion_end"] = completion_end
     if save_hidden:
-        fingerprint["save_hidden"] = True
+        settings["save_hidden"] = True
+
+    def fingerprint_of(settings: Dict[str, Any]) -> Dict[str, Any]:
+        fingerprint = {**settings, "data_sha256": file_sha256(data_path)}
+        if needs_model:  # what is behind the paths, not their names
+            fingerprint.update(model_files=files_fingerprint(ckpt_dir), tokenizer_files=files_fingerprint(tokenizer_path))
+        if calibrator is not None:
+            assert direct_output_path is not None
+            fingerprint.update(calibration=calibration, direct_output_sha256=file_sha256(direct_output_path))
+            fingerprint.update(calibrator.settings())
+        return fingerprint
+
+    fingerprint = fingerprint_of(settings)
     if reuse:
-        done = _finished(output_path, fingerprint)
+        done = finished(output_path, fingerprint)
         if done is not None and (not save_hidden or Path(hidden.hidden_path(output_path)).is_file()):
             if runtime is None or runtime.is_main:
                 print(f"Up to date: {output_path} (accuracy {done['accuracy']:.4f})")
             return done if runtime is None or runtime.is_main else None
 
-    needs_model = not (is_calibrate and calibration == "batch")
     if lm is None and needs_model:
-        if dtype is not None:
-            from llama.runtime import DTYPES
-
-            if str(dtype).lower() not in DTYPES:
-                raise ClassificationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         lm, runtime = load_model(
             ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring,
-            append_eos=completion_end == "eos",
+            append_eos=completion_end == "eos", verify_checkpoint=verify_checkpoint,
+            model_parallel_size=model_parallel_size,
+            quantize=quantize,
         )
+        settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
+        fingerprint = fingerprint_of(settings)
     elif lm is not None and method != "generate" and bool(lm.append_eos) != (completion_end == "eos"):
         raise ClassificationError(
             f"--completion_end {completion_end} needs a model built with append_eos={completion_end == 'eos'}"
         )
     runtime = runtime if runtime is not None else LocalRuntime()
-    if anchored is not None:
-        anchored.prepare(lm, runtime, dict(
-            ckpt_dir=ckpt_dir, tokenizer_path=tokenizer_path, max_seq_len=max_seq_len, max_batch_size=max_batch_size,
-            dtype=dtype, device=device, scoring=scoring, completion_end=completion_end, chunk_size=chunk_size))
+    prefix_nll = check_model_fits(lm, records, method, check_model)
 
-    cache: Dict[Tuple[str, str], List[float]] = {}
-    batch_lp: List[List[float]] = []
-    if is_calibrate and calibration == "batch":
-        batch_lp = methods.batch_calibrate([o["log_probs"] for o in direct_outputs], batch_size)
-
-    def calibrated(p: int, rec: Dict[str, Any]) -> Result:
-        direct_lp = direct_outputs[p]["log_probs"]
-        extra: Dict[str, Any] = {}
-        if anchored is not None:
-            log_probs = anchored.apply(p)
-        elif calibration == "batch":
-            log_probs = batch_lp[p]
-        elif calibration == "dcpmi":
-            assert premise is not None
-            key = (premise, rec["completion"])
-            if key not in cache:
-                cache[key] = methods.premise_log_probs(lm, rec, premise, completion_end)
-            log_probs = methods.dcpmi_log_probs(direct_lp, cache[key])
-            extra["premise_log_probs"] = cache[key]
-        else:
-            key = (rec["prompt"], rec["completion"])
-            if key not in cache:
-                cache[key] = methods.content_free_probs(lm, rec, cf_texts, completion_end)
-            log_probs = methods.calibrate_log_probs(direct_lp, cache[key])
-            extra["p_cf"] = cache[key]
-        return {
-            "log_probs": log_probs,
-            "prediction": label_words[methods.argmax(log_probs)],
-            "shortened": bool(direct_outputs[p].get("shortened", False)),
-            **extra,
-        }
-
-    def score(positions: List[int]) -> List[Result]:
-        chunk = [records[p] for p in positions]
-        if method in ("direct", "channel"):
-            results = getattr(methods, method)(lm, chunk, completion_end)
-            if save_hidden:
-                hidden.attach_hidden(lm, chunk, results, completion_end)
-            return results
-        if method == "generate":
-            return methods.generate(lm, chunk, max_gen_len, temperature, top_p, seed)
-        return [calibrated(p, rec) for p, rec in zip(positions, chunk)]
-
+    if calibrator is not None:
+        calibrator.runtime = runtime
+    score = make_scorer(method, lm, records, completion_end, calibrator, direct_outputs, generation, save_hidden)
+    score = check_finite(score, records, settings.get("dtype"))
     # Longest texts first (even batches, early failure on memory); ties in record order.
     order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
-    gathered = run_resumable(score, order, output_path, fingerprint, runtime, chunk_size, desc=method)
+    gathered = run_resumable(
+        score, order, output_path, fingerprint, runtime, chunk_size, method, save_every_s, min_chunk=max_batch_size
+    )
     metrics: Optional[Dict[str, Any]] = None
     if gathered is not None:
         results, n_resumed = gathered
         outputs = build_outputs(records, results, method)
+        settings.pop("seed", None)
+        settings.update(
+            model=ckpt_dir, tokenizer=tokenizer_path, data_path=data_path, output_path=output_path,
+            n_resumed=n_resumed, dp_size=int(runtime.dp_size), prefix_nll=prefix_nll,
+        )
+        if calibrator is not None:
+            settings.update(calibration=calibration, direct_output_path=direct_output_path, **calibrator.summary())
         if save_hidden:
             hidden.save_hidden(hidden.hidden_path(output_path), [results[p] for p in range(len(records))])
-        truth = [o["ground_truth"] for o in outputs]
-        metrics = classification_metrics(
-            truth, [o["prediction"] for o in outputs], label_words, none_column=method == "generate"
-        )
-        metrics.update(calibration_metrics([o["log_probs"] for o in outputs], truth, label_words))
-        meta = records[0].get("meta")
-        if isinstance(meta, dict):
-            metrics.update({key: meta.get(key) for key in ("dataset", "k", "seed", "sample_seed")})
-        metrics.update(
-            method=method,
-            model=ckpt_dir,
-            tokenizer=tokenizer_path,
-            data_path=data_path,
-            output_path=output_path,
-            n_shortened=sum(o["shortened"] for o in outputs),
-            n_resumed=n_resumed,
-            wall_time_s=round(time.time() - start, 3),
-            max_seq_len=max_seq_len,
-            dtype=dtype,
-            device=device,
-            scoring=scoring,
-            dp_size=int(runtime.dp_size),
-        )
-        if method == "generate":
-            metrics.update(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
-        else:
-            metrics["completion_end"] = completion_end
-        if is_calibrate:
-            metrics.update(calibration=calibration, direct_output_path=direct_output_path)
-            if calibration in ("na", "cbu"):
-                metrics.update(content_free=cf_texts, content_free_probs=results[0].get("p_cf"))
-            elif calibration == "dcpmi":
-                metrics.update(domain_premise=premise, premise_log_probs=results[0].get("premise_log_probs"))
-            elif anchored is not None:
-                metrics.update(anchored.summary())
-            else:
-                means = methods.batch_means([o["log_probs"] for o in direct_outputs], batch_size)
-                metrics.update(batch_size=batch_size, batch_mean_log_probs=means[0])
-        if save_hidden:
-            metrics["hidden_path"] = hidden.hidden_path(output_path)
+            settings["hidden_path"] = hidden.hidden_path(output_path)
+        metrics = compute_metrics(records, outputs, method, settings)
+        metrics["wall_time_s"] = round(time.time() - start, 3)
         metrics["fingerprint"] = fingerprint
-        write_json_atomic(output_path, outputs, indent=2)
-        write_json_atomic(metrics_path(output_path), metrics, indent=2)
-        for path in glob.glob(glob.escape(output_path) + ".partial*.jsonl"):
-            os.unlink(path)
-        print(f"Accuracy: {metrics['accuracy']:.4f}")
-        if metrics["ece"] is not None:
-            print(f"Expected calibration error: {metrics['ece']:.4f}")
-        if method == "generate":
-            print(f"Unparsed generations (none): {metrics['n_none']}")
-        if metrics["n_shortened"]:
-            print(f"Shortened test texts: {metrics['n_shortened']}")
-        print(f"Wrote {output_path} and {metrics_path(output_path)}")
+        write_finished(output_path, outputs, metrics)
+        report(output_path, method, metrics)
     runtime.barrier()
     return metrics

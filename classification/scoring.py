@@ -3,10 +3,16 @@
 naive  The original's algorithm: every (context, continuation) pair is one full sequence, with
        logits at every position.  Kept as the baseline that speed claims are measured against,
        and as a correctness oracle.
-fast   The shared demonstration prefix is computed once and its KV cache reused; requests with
-       the same context are packed into one row (context suffix once, then every continuation
-       as a branch of a token trie under a tree attention mask); rows are bucketed by length and
-       batched by a token budget; the output head runs only where a token is scored.
+fast   The shared demonstration prefix is computed once per run and its keys/values (one row)
+       are attended by every row in place, never copied per row (``prefix_attention``); requests
+       with the same context are packed into one row (context suffix once, then every
+       continuation as a branch of a token trie under a tree attention mask); rows are bucketed
+       by length and batched by a token budget; the output head runs only where a token is
+       scored, and only the scored log-probs leave the device.
+
+Which tokens are cached is fixed per input file (``set_shared_prefix``: the longest prefix common
+to all of its prompts), not per call, so chunking, batch size and data-parallel size do not change
+how a request is computed.
 
 Both compute the same numbers: log p(continuation tokens [+ EOS] | context).
 """
@@ -14,7 +20,7 @@ Both compute the same numbers: log p(continuation tokens [+ EOS] | context).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -107,31 +113,65 @@ class LlamaLM:
         self.append_eos = append_eos
         self.scoring = scoring
         self.device = model.tok_embeddings.weight.device
-        self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 4096)
+        self.dtype = model.tok_embeddings.weight.dtype
+        # Tokens (rows x row width) of one forward pass; attention over the prefix is computed in
+        # blocks of bounded size (llama.model.PREFIX_SCORE_BLOCK), so the prefix adds no term.
+        self.max_batch_tokens = max_batch_tokens or (16384 if self.device.type == "cuda" else 4096)
+        self._shared: Optional[List[int]] = None  # set_shared_prefix's tokens
         self._prefix: Optional[Tuple[Tuple[int, ...], KVCache]] = None
         self.tokens_processed = 0  # tokens fed through the model (benchmarks report it)
+
+    def set_shared_prefix(self, text: str) -> Optional[float]:
+        """Cache the tokens of ``text`` (minus its last token) once for every later request.
+
+        ``text`` is the longest prefix common to all contexts of an input file: the split between
+        cached and per-row tokens is then the same whatever the chunk, batch or data-parallel
+        size.  The last token is left to the rows because the text that follows it in a request
+        may tokenize across the boundary; a request whose context does not start with these
+        tokens is scored without the prefix.  Returns the model's mean negative log-likelihood
+        (nats per token) of the cached tokens, a cheap check that model, params and tokenizer
+        belong together; None when fewer than 2 tokens are cached.
+        """
+        bos = bool(getattr(self.tokenizer, "add_bos", True))
+        ids = self.tokenizer.encode(text, bos=bos, eos=False)[:-1] if text else []
+        self._shared = ids
+        if len(ids) < 2:
+            return None
+        with torch.no_grad():
+            return self._prefix_cache(ids, nll=True)[1]
 
     # -- tokenization ------------------------------------------------------------------------
 
     def encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
         """Tokenize jointly and split where the context's own tokens stop matching."""
+        return self.encode_pairs([(context, continuation)])[0]
+
+    def encode_pairs(self, requests: Sequence[Tuple[str, str]]) -> List[Tuple[List[int], List[int]]]:
+        """``encode_pair`` of every request; each distinct string is tokenized once, in a batch."""
         bos = bool(getattr(self.tokenizer, "add_bos", True))
-        whole = self.tokenizer.encode(context + continuation, bos=bos, eos=False)
-        ctx = self.tokenizer.encode(context, bos=bos, eos=False)
-        n = common_prefix_len([whole, ctx])
-        cont = whole[n:]
-        if self.append_eos:
-            cont = cont + [self.tokenizer.eos_id]
-        if not cont:
-            raise ValueError(f"empty continuation after tokenization: {continuation!r}")
-        if n == 0:
-            raise ValueError("a context must have at least one token (the tokenizer adds no BOS)")
-        return whole[:n], cont
+        texts = list(dict.fromkeys(s for c, x in requests for s in (c, c + x)))
+        if hasattr(self.tokenizer, "encode_many"):
+            ids = dict(zip(texts, self.tokenizer.encode_many(texts, bos=bos)))
+        else:
+            ids = {t: self.tokenizer.encode(t, bos=bos, eos=False) for t in texts}
+        out = []
+        for context, continuation in requests:
+            whole, ctx = ids[context + continuation], ids[context]
+            n = common_prefix_len([whole, ctx])
+            cont = whole[n:]
+            if self.append_eos:
+                cont = cont + [self.tokenizer.eos_id]
+            if not cont:
+                raise ValueError(f"empty continuation after tokenization: {continuation!r}")
+            if n == 0:
+                raise ValueError("a context must have at least one token (the tokenizer adds no BOS)")
+            out.append((whole[:n], cont))
+        return out
 
     # -- scoring -----------------------------------------------------------------------------
 
     def loglikelihood(self, requests: Sequence[Tuple[str, str]]) -> List[float]:
-        pairs = [self.encode_pair(c, x) for c, x in requests]
+        pairs = self.encode_pairs(requests)
         for ctx, cont in pairs:
             if len(ctx) + len(cont) - 1 > self.max_seq_len:
                 raise ValueError(
@@ -161,35 +201,70 @@ class LlamaLM:
             for r, i in enumerate(batch):
                 ctx, cont = pairs[i]
                 pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont), device=logp.device)
-                out[i] = logp[r, pos, torch.tensor(cont, device=logp.device)].sum().item()
+                out[i] = logp[r, pos, torch.tensor(cont, device=logp.device)].double().sum().item()
             del logp
         return out
 
-    def _prefix_cache(self, prefix: List[int]) -> KVCache:
+    def _prefix_cache(self, prefix: List[int], nll: bool = False) -> Tuple[KVCache, Optional[float]]:
+        """The one-row cache of ``prefix`` (computed once, reused while the prefix is the same);
+        with ``nll``, also the mean negative log-likelihood of its tokens."""
         key = tuple(prefix)
-        if self._prefix is None or self._prefix[0] != key:
-            cache = KVCache.for_model(self.model, 1, len(prefix))
-            if prefix:
-                self.model(torch.tensor([prefix], device=self.device), 0, cache, logits_at=torch.zeros(1, 1, dtype=torch.long, device=self.device))
-                self.tokens_processed += len(prefix)
-            self._prefix = (key, cache)
-        return self._prefix[1]
+        if self._prefix is not None and self._prefix[0] == key and not nll:
+            return self._prefix[1], None
+        cache = KVCache.for_model(self.model, 1, len(prefix))
+        mean_nll = None
+        if prefix:
+            tokens = torch.tensor([prefix], device=self.device)
+            hidden = self.model(tokens, 0, cache, return_hidden=True)[0]  # (len(prefix), dim)
+            self.tokens_processed += len(prefix)
+            if nll and len(prefix) > 1:
+                total = torch.zeros((), device=self.device)
+                for s in range(0, len(prefix) - 1, 256):  # the head in blocks: V logits per position
+                    logits = self.model.output(hidden[s: min(s + 256, len(prefix) - 1)]).float()
+                    target = tokens[0, s + 1: s + 1 + logits.shape[0]]
+                    total += (torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None])[:, 0]).sum()
+                mean_nll = total.item() / (len(prefix) - 1)
+        self._prefix = (key, cache)
+        return cache, mean_nll
+
+    def _split_len(self, contexts: Sequence[Sequence[int]]) -> int:
+        """Tokens of these contexts served from the shared prefix cache.
+
+        ``set_shared_prefix``'s tokens when every context extends them, else (direct API use,
+        no file) the longest prefix the contexts of this call share.  Every row keeps at least its
+        last context token, whose logits score the first target.
+        """
+        shared = self._shared
+        if shared is not None and all(len(c) > len(shared) and list(c[: len(shared)]) == shared for c in contexts):
+            return len(shared)
+        return min(common_prefix_len(contexts), min(len(c) for c in contexts) - 1)
 
     def _score_fast(self, pairs: List[Tuple[List[int], List[int]]]) -> List[float]:
+        out = [0.0] * len(pairs)
         contexts = [ctx for ctx, _ in pairs]
-        # Every row keeps at least its last context token, whose logits score the first target.
-        plen = min(common_prefix_len(contexts), min(len(c) for c in contexts) - 1)
+        if self._shared is None:
+            parts = [(list(range(len(pairs))), self._split_len(contexts))]
+        else:  # requests that do not extend the file's shared prefix are computed in full
+            n = len(self._shared)
+            fits = [len(c) > n and c[:n] == self._shared for c in contexts]
+            parts = [([i for i, f in enumerate(fits) if f], n), ([i for i, f in enumerate(fits) if not f], 0)]
+        for ids, plen in parts:
+            if ids:
+                self._score_part([pairs[i] for i in ids], ids, plen, out)
+        return out
+
+    def _score_part(self, pairs: List[Tuple[List[int], List[int]]], ids: List[int], plen: int,
+                    out: List[float]) -> None:
+        """Score ``pairs`` (request numbers ``ids``) with their first ``plen`` tokens cached."""
         groups: Dict[Tuple[int, ...], List[int]] = {}
-        for i, ctx in enumerate(contexts):
+        for i, (ctx, _) in enumerate(pairs):
             groups.setdefault(tuple(ctx), []).append(i)
         rows = [_build_row(list(ctx[plen:]), part) for ctx, idx in groups.items()
-                for part in _split_group(len(ctx) - plen, [(i, pairs[i][1]) for i in idx])]
+                for part in _split_group(len(ctx) - plen, [(ids[i], pairs[i][1]) for i in idx])]
         rows.sort(key=lambda r: len(r.tokens))
-        prefix = self._prefix_cache(contexts[0][:plen])
-        out = [0.0] * len(pairs)
+        prefix = self._prefix_cache(pairs[0][0][:plen])[0] if plen else None
         for batch in self._batches(rows):
             self._score_rows(batch, prefix, plen, out)
-        return out
 
     def _batches(self, rows: List[_Row]) -> List[List[_Row]]:
         """Consecutive rows (sorted by length) while rows x longest row fits the token budget."""
@@ -204,7 +279,7 @@ class LlamaLM:
             batches.append([row])
         return batches
 
-    def _score_rows(self, rows: List[_Row], prefix: KVCache, plen: int, out: List[float]) -> None:
+    def _score_rows(self, rows: List[_Row], prefix: Optional[KVCache], plen: int, out: List[float]) -> None:
         bsz, width = len(rows), max(len(r.tokens) for r in rows)
         tokens = torch.full((bsz, width), self.tokenizer.eos_id, dtype=torch.long)
         depth = torch.zeros((bsz, width), dtype=torch.long)
@@ -226,22 +301,32 @@ class LlamaLM:
         pad_pos = plen + torch.arange(width)
         for r, row in enumerate(rows):
             positions[r, len(row.tokens):] = pad_pos[len(row.tokens):]
-        mask = torch.cat([torch.ones(bsz, width, plen, dtype=torch.bool), tree], dim=2)[:, None]
         n_sel = max(len(s) for s in scored)
         logits_at = torch.zeros((bsz, n_sel), dtype=torch.long)
-        for r, s in enumerate(scored):
-            logits_at[r, : len(s)] = torch.tensor(s)
-        cache = KVCache.for_model(self.model, bsz, plen + width)
-        cache.copy_prefix(prefix, plen)
-        dev = self.device
-        logits = self.model(tokens.to(dev), plen, cache, positions=positions.to(dev), mask=mask.to(dev),
-                            logits_at=logits_at.to(dev))
-        self.tokens_processed += int(sum(len(r.tokens) for r in rows))
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-        for r, row in enumerate(rows):
-            slot = {pos: k for k, pos in enumerate(scored[r])}
+        # One entry per scored token: (row, slot in logits_at, target token, request).
+        at_row, at_slot, target, request = [], [], [], []
+        for r, (row, sel) in enumerate(zip(rows, scored)):
+            logits_at[r, : len(sel)] = torch.tensor(sel)
+            slot = {pos: k for k, pos in enumerate(sel)}
             for req, preds in row.targets:
-                out[req] = sum(logp[r, slot[pos], tok].item() for pos, tok in preds)
+                for pos, tok in preds:
+                    at_row.append(r)
+                    at_slot.append(slot[pos])
+                    target.append(tok)
+                    request.append(req)
+        dev = self.device
+        logits = self.model(tokens.to(dev), 0, None, positions=positions.to(dev), mask=tree[:, None].to(dev),
+                            logits_at=logits_at.to(dev), prefix=prefix)  # (bsz, n_sel, vocab) fp32
+        self.tokens_processed += int(sum(len(r.tokens) for r in rows))
+        # Gather on the device: only the scored log-probs are copied back.
+        r_i, s_i = torch.tensor(at_row, device=dev), torch.tensor(at_slot, device=dev)
+        logp = torch.log_softmax(logits, dim=-1)[r_i, s_i, torch.tensor(target, device=dev)].double()
+        reqs = sorted(set(request))
+        local = {req: k for k, req in enumerate(reqs)}
+        sums = torch.zeros(len(reqs), dtype=logp.dtype, device=dev).index_add_(
+            0, torch.tensor([local[q] for q in request], device=dev), logp)
+        for req, value in zip(reqs, sums.tolist()):
+            out[req] = value
 
     # -- generation --------------------------------------------------------------------------
 
@@ -252,22 +337,24 @@ class LlamaLM:
         stop: Sequence[str] = ("\n",),
         temperature: float = 0.0,
         top_p: float = 1.0,
-        seed: Optional[int] = None,
+        seed: Union[None, int, Sequence[int]] = None,
     ) -> List[str]:
         bos = bool(getattr(self.tokenizer, "add_bos", True))
-        prompts = [self.tokenizer.encode(c, bos=bos, eos=False) for c in contexts]
+        if hasattr(self.tokenizer, "encode_many"):
+            prompts = self.tokenizer.encode_many(list(contexts), bos=bos)
+        else:
+            prompts = [self.tokenizer.encode(c, bos=bos, eos=False) for c in contexts]
         if not prompts:
             return []
-        plen = 0
-        if self.scoring == "fast":  # the demonstrations are computed once, as in scoring
-            plen = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1)
+        plen = self._split_len(prompts) if self.scoring == "fast" else 0  # demonstrations computed once
         out: List[str] = []
         with torch.no_grad():
-            prefix = self._prefix_cache(prompts[0][:plen])
+            prefix = self._prefix_cache(prompts[0][:plen])[0]
             for start in range(0, len(prompts), self.max_batch_size):
                 batch = [p[plen:] for p in prompts[start: start + self.max_batch_size]]
                 self.tokens_processed += sum(len(p) for p in batch)
-                out += generate(self.model, self.tokenizer, batch, max_gen_len, temperature, top_p, stop, seed,
+                seeds = seed[start: start + self.max_batch_size] if isinstance(seed, (list, tuple)) else seed
+                out += generate(self.model, self.tokenizer, batch, max_gen_len, temperature, top_p, stop, seeds,
                                 prefix=prefix, prefix_len=plen)
         return out
 
@@ -281,21 +368,25 @@ def load_lm(
     device: Optional[str] = None,
     scoring: str = "fast",
     append_eos: bool = True,
+    model_parallel_size: Optional[int] = None,
+    quantize: str = "none",
 ):
     """Set up the runtime, load tokenizer and model; returns (LlamaLM, Runtime)."""
     import time
 
     from llama.checkpoint import CheckpointError, count_shards, load_model
+    from llama.quantize import quantize_model
     from llama.runtime import setup_runtime
     from llama.tokenizer import load_tokenizer
 
     try:
-        rt = setup_runtime(count_shards(ckpt_dir), dtype=dtype, device=device, source=ckpt_dir)
+        rt = setup_runtime(model_parallel_size or count_shards(ckpt_dir), dtype=dtype, device=device, source=ckpt_dir)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     start = time.time()
     tokenizer = load_tokenizer(tokenizer_path)
     model = load_model(ckpt_dir, rt.device, rt.dtype, rt.mp_rank, rt.mp_size, max_seq_len, max_batch_size,
                        vocab_size=tokenizer.n_words)
+    model = quantize_model(model, quantize, rt.device)
     print(f"Loaded {ckpt_dir} ({rt.dtype}, {rt.device}, mp={rt.mp_size}, dp={rt.dp_size}) in {time.time() - start:.1f}s")
     return LlamaLM(model, tokenizer, max_batch_size, append_eos, scoring), rt

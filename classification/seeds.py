@@ -20,16 +20,20 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from classification import runner
+from classification import anchors, runner
 from classification.cli import as_list
-from classification.datasets import PRESETS, Dataset, load_dataset, make_records
+from classification.datasets import Dataset, load_dataset, make_records
+from classification.presets import PRESETS
 from classification.errors import ClassificationError
 from classification.fileio import write_json_atomic
-from classification.methods import CALIBRATIONS
+from classification.calibrations import CALIBRATIONS
 from classification.table import method_label
 from classification.templates import parse_template, unescape_cli
 
-SEED_METHODS = ("direct",) + CALIBRATIONS + ("channel", "generate")
+ALL_METHODS = ("direct",) + tuple(CALIBRATIONS) + ("channel", "generate")
+# The default --methods: every method but the variants kept for comparison and the calibrations
+# on anchors (they need hidden states and anchor records that the seeds command does not write).
+SEED_METHODS = tuple(m for m in ALL_METHODS if m not in ("batch_logmean",) + anchors.NAMES)
 SPEC_KEYS = ("preset", "data_dir", "train", "test", "hub", "text_column", "label_column", "label_words",
              "test_size", "split_seed", "name", "templates", "instruction")
 SUMMARY_METRICS = ("accuracy", "macro_f1", "ece")
@@ -84,9 +88,9 @@ def _list(value: Union[str, int, Sequence[Any]], flag: str) -> List[Any]:
 
 def check_methods(methods: Union[str, Sequence[str]]) -> List[str]:
     chosen = [str(m) for m in _list(methods, "--methods")]
-    unknown = [m for m in chosen if m not in SEED_METHODS]
+    unknown = [m for m in chosen if m not in ALL_METHODS]
     if unknown:
-        raise ClassificationError(f"--methods: unknown {unknown[0]!r}; use some of {', '.join(SEED_METHODS)}")
+        raise ClassificationError(f"--methods: unknown {unknown[0]!r}; use some of {', '.join(ALL_METHODS)}")
     if len(set(chosen)) != len(chosen):
         raise ClassificationError(f"--methods has duplicates: {chosen}")
     calibrations = [m for m in chosen if m in CALIBRATIONS]
@@ -94,7 +98,7 @@ def check_methods(methods: Union[str, Sequence[str]]) -> List[str]:
         raise ClassificationError(
             f"calibration {calibrations[0]} needs the direct run's files: add direct to --methods"
         )
-    return sorted(chosen, key=SEED_METHODS.index)
+    return sorted(chosen, key=ALL_METHODS.index)
 
 
 def check_seeds(seeds: Union[str, int, Sequence[Any]]) -> List[int]:
@@ -162,7 +166,7 @@ def run_seeds(
 ) -> Dict[str, Any]:
     """Run ``methods`` for every seed, write per-seed files and ``summary.json``/``summary.md``.
 
-    ``model``: ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring
+    ``model``: ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, model_parallel_size, quantize
     (as for :func:`classification.runner.evaluate`); ``lm``/``runtime``: an already built model.
     Returns the summary (on the main rank; None elsewhere).
     """
@@ -174,7 +178,7 @@ def run_seeds(
         raise ClassificationError(f"--n_sample must be an integer, 0 (all) or more, got {n_sample!r}")
     data = load_spec(dataset, data_dir)
     root = Path(out_dir or f"outputs/{data.name}/k{k}")
-    needed = {"direct"} if any(m in chosen for m in ("direct", "generate") + CALIBRATIONS) else set()
+    needed = {"direct"} if any(m in chosen for m in ("direct", "generate") + tuple(CALIBRATIONS)) else set()
     needed |= {"channel"} if "channel" in chosen else set()
     inputs: Dict[int, Dict[str, str]] = {}
     for seed in seed_list:  # every seed's inputs first: a bad k or sample fails before any scoring
@@ -189,7 +193,8 @@ def run_seeds(
         lm, runtime = runner.load_model(
             model.get("ckpt_dir", runner.DEFAULT_CKPT_DIR), model.get("tokenizer_path", runner.DEFAULT_TOKENIZER_PATH),
             model.get("max_seq_len", 2048), model.get("max_batch_size", 16), model.get("dtype"), model.get("device"),
-            model.get("scoring", "fast"), append_eos=True,
+            model.get("scoring", "fast"), append_eos=True, model_parallel_size=model.get("model_parallel_size"),
+            quantize=model.get("quantize", "none"),
         )
     runs: Dict[str, List[Dict[str, Any]]] = {}
     is_main = runtime is None or bool(runtime.is_main)

@@ -9,9 +9,10 @@ import json
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from classification.calibrations import CALIBRATIONS
 from classification.errors import ClassificationError
 
-CALIBRATION_ORDER = ("na", "cbu", "dcpmi", "batch", "hidden", "lda", "knn")
+CALIBRATION_ORDER = tuple(CALIBRATIONS)  # one list: the registered calibrations, in order
 # Display names, in table order: calibrations are post hoc re-scorings of the direct run.
 LABEL_ORDER = ("direct",) + tuple(f"direct+{c}" for c in CALIBRATION_ORDER) + ("channel", "generate")
 

@@ -16,7 +16,7 @@ completion is the scored placeholder plus whatever follows it.  A demonstration 
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 from classification.errors import ClassificationError
 
@@ -24,13 +24,6 @@ from classification.errors import ClassificationError
 AG_NEWS_LABEL_WORDS: Tuple[str, ...] = ("World", "Sports", "Business", "Science and technology")
 
 PLACEHOLDERS: Tuple[str, ...] = ("text", "label_word")
-
-# Per method: (demonstration, prompt tail, completion).  Demonstrations are concatenated in front
-# of the prompt tail.
-TEMPLATES: Dict[str, Tuple[str, str, str]] = {
-    "direct": ("Article: {text}\nCategory: {label_word}\n", "Article: {text}\nCategory:", "{label_word}"),
-    "channel": ("Category: {label_word}\nArticle: {text}\n", "Category: {label_word}\nArticle:", "{text}"),
-}
 
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
@@ -55,18 +48,6 @@ def fill(template: str, **values: str) -> str:
 def has_placeholder(s: str) -> bool:
     """Whether ``s`` contains ``{text}`` or ``{label_word}`` literally."""
     return _PLACEHOLDER_RE.search(s) is not None
-
-
-def build_prompt(method: str, demonstrations: Sequence[Tuple[str, str]]) -> Tuple[str, str]:
-    """(prompt, completion) for ``method`` with the (text, label word) demonstrations filled in.
-
-    The prompt keeps ``{text}`` (direct) or ``{label_word}`` (channel) for the test example.
-    """
-    if method not in TEMPLATES:
-        raise KeyError(f"unknown template method {method!r}; use one of {sorted(TEMPLATES)}")
-    demo, tail, completion = TEMPLATES[method]
-    parts: List[str] = [fill(demo, text=text, label_word=word) for text, word in demonstrations]
-    return "".join(parts) + tail, completion
 
 
 DEMO_SEPARATOR = "\n"

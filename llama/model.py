@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -130,8 +130,9 @@ class RMSNorm(nn.Module):
 class KVCache:
     """Keys/values of every layer for ``batch_size`` rows and up to ``max_seq_len`` positions.
 
-    Created by the caller (``KVCache.for_model``), so one cache can hold a shared prefix that
-    later calls reuse (``copy_prefix``).
+    Created by the caller (``KVCache.for_model``).  A cache of one row whose every slot is
+    filled can serve as the shared ``prefix`` of later forward passes: every row attends to it
+    without a copy being made per row (:func:`prefix_attention`).
     """
 
     def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_seq_len: int,
@@ -149,11 +150,58 @@ class KVCache:
         return cls(model.params.n_layers, batch_size, attn.n_local_kv_heads,
                    max_seq_len or model.params.max_seq_len, attn.head_dim, w.device, w.dtype)
 
-    def copy_prefix(self, other: "KVCache", length: int, rows: Optional[int] = None) -> None:
-        """Copy positions [0, length) of ``other`` (one row broadcast, or row-for-row) into rows [0, rows)."""
-        rows = self.batch_size if rows is None else rows
-        for dst, src in zip(self.k + self.v, other.k + other.v):
-            dst[:rows, :, :length] = src[: (1 if src.shape[0] == 1 else rows), :, :length]
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+# Elements of one attention-score block over the shared prefix; bounds the transient memory of
+# prefix attention whatever the batch (256 MiB in fp32).
+PREFIX_SCORE_BLOCK = 1 << 26
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Unnormalised attention of q over k/v: (Σ_j e_j v_j, max score m, Σ_j e_j), e_j = exp(s_j - m).
+
+    q (..., s, d), k/v (..., t, d) broadcastable in the leading dims; mask bool (..., s, t), at
+    least one key visible per query.  Accumulates in fp32 (fp64 for fp64 inputs).
+    """
+    acc = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.matmul(q, k.transpose(-1, -2)).to(acc) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    m = scores.amax(dim=-1, keepdim=True)
+    e = torch.exp(scores - m)
+    return torch.matmul(e.to(v.dtype), v).to(acc), m, e.sum(dim=-1, keepdim=True)
+
+
+def prefix_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], prefix_k: Tensor,
+                     prefix_v: Tensor) -> Tensor:
+    """Softmax attention over [shared prefix keys ; each row's own keys], in two exact parts.
+
+    q (bsz, heads, s, d); k, v (bsz, kv_heads, t, d): the rows' own keys, visible where ``mask``
+    (bool, broadcastable to (bsz, 1, s, t)) is True; prefix_k/v (1, kv_heads, p, d): visible to
+    every query.  Each part is reduced flash-style to (Σ e·v, max m, Σ e) and the two merge
+    exactly: out = (Σ_part exp(m_part - M) Σ e·v) / (Σ_part exp(m_part - M) Σ e), M = max m.
+    The prefix is never copied per row: all rows' queries of a KV head form one batch-1 query
+    block against it, processed in blocks of at most PREFIX_SCORE_BLOCK scores.
+    """
+    bsz, n_heads, s, d = q.shape
+    kv_heads, p = k.shape[1], prefix_k.shape[2]
+    group = n_heads // kv_heads
+    scale = d ** -0.5
+    qg = q.view(bsz, kv_heads, group, s, d)  # heads sharing one KV head side by side
+    own_mask = None if mask is None else mask.unsqueeze(2)  # (bsz or 1, 1, 1, s, t)
+    num_own, m_own, l_own = _attend(qg, k.unsqueeze(2), v.unsqueeze(2), own_mask, scale)  # (bsz, kv, g, s, ·)
+    qp = qg.permute(1, 0, 2, 3, 4).reshape(kv_heads, bsz * group * s, d)  # (kv_heads, queries, d)
+    step = max(1, PREFIX_SCORE_BLOCK // max(1, kv_heads * p))
+    blocks = [_attend(qp[:, i: i + step], prefix_k[0], prefix_v[0], None, scale) for i in range(0, qp.shape[1], step)]
+    # (kv_heads, queries, ·) -> (bsz, kv_heads, group, s, ·)
+    num_pre, m_pre, l_pre = (torch.cat(parts, 1).unflatten(1, (bsz, group, s)).transpose(0, 1)
+                             for parts in zip(*blocks))
+    m = torch.maximum(m_pre, m_own)
+    w_pre, w_own = torch.exp(m_pre - m), torch.exp(m_own - m)
+    out = (num_pre * w_pre + num_own * w_own) / (l_pre * w_pre + l_own * w_own)
+    return out.reshape(bsz, n_heads, s, d).to(q.dtype)
 
 
 class Attention(nn.Module):
@@ -171,7 +219,8 @@ class Attention(nn.Module):
         self.wo = parallel.row_linear(args.n_heads * self.head_dim, args.dim)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int,
-                cache: Optional[KVCache], layer: int, mask: Optional[Tensor]) -> Tensor:
+                cache: Optional[KVCache], layer: int, mask: Optional[Tensor],
+                prefix: Optional[KVCache] = None) -> Tensor:
         bsz, seqlen, _ = x.shape
         q = self.wq(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)
         k = self.wk(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
@@ -184,11 +233,14 @@ class Attention(nn.Module):
             cache.v[layer][:bsz, :, start_pos:end] = v
             k = cache.k[layer][:bsz, :, :end]  # (bsz, kv_heads, end, head_dim)
             v = cache.v[layer][:bsz, :, :end]
-        causal = mask is None and k.shape[2] == seqlen and seqlen > 1
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
-            enable_gqa=self.n_local_heads != self.n_local_kv_heads,
-        )
+        if prefix is not None:
+            out = prefix_attention(q, k, v, mask, prefix.k[layer], prefix.v[layer])
+        else:
+            causal = mask is None and k.shape[2] == seqlen and seqlen > 1
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal,
+                enable_gqa=self.n_local_heads != self.n_local_kv_heads,
+            )
         out = out.transpose(1, 2).reshape(bsz, seqlen, -1)  # (bsz, seqlen, heads * head_dim)
         return self.wo(out)
 
@@ -214,8 +266,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int,
-                cache: Optional[KVCache], mask: Optional[Tensor]) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache, self.layer_id, mask)
+                cache: Optional[KVCache], mask: Optional[Tensor], prefix: Optional[KVCache] = None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache, self.layer_id, mask, prefix)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -238,32 +290,38 @@ class Transformer(nn.Module):
         positions: Optional[Tensor] = None,
         mask: Optional[Tensor] = None,
         logits_at: Optional[Tensor] = None,
+        prefix: Optional[KVCache] = None,
         return_hidden: bool = False,
     ) -> Tensor:
-        """Logits (fp32) for ``tokens`` (bsz, seqlen) placed at ``start_pos`` in ``cache``.
+        """Logits (fp32) for ``tokens`` (bsz, seqlen) placed at slot ``start_pos`` of ``cache``.
 
-        positions: (bsz, seqlen) RoPE positions; default start_pos + arange(seqlen).  Packed
-            sequences (several continuations after one context) pass their own.
-        mask: bool (bsz or 1, 1, seqlen, start_pos + seqlen), True = may attend; default causal.
+        positions: (bsz, seqlen) RoPE positions; default (prefix length +) start_pos + arange.
+            Packed sequences (several continuations after one context) pass their own.
+        mask: bool (bsz or 1, 1, seqlen, start_pos + seqlen) over the rows' own keys (cache
+            slots, or these tokens without a cache), True = may attend; default causal.
         logits_at: (bsz, n) indices into seqlen: only those positions go through the output
             head (it is a large share of a small model's FLOPs).  Default: every position.
-        return_hidden: return the final-normed hidden states (bsz, seqlen or n, dim) instead of logits.
+        prefix: a filled one-row cache every row attends to in full before its own keys (the
+            shared demonstrations), read in place: never copied per row.
+        return_hidden: return the final-normed hidden states (at ``logits_at``) instead of logits.
         """
         bsz, seqlen = tokens.shape
         h = self.tok_embeddings(tokens)
+        offset = 0 if prefix is None else prefix.max_seq_len
         if positions is None:
-            positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device).expand(bsz, seqlen)
+            positions = torch.arange(offset + start_pos, offset + start_pos + seqlen, device=tokens.device).expand(bsz, seqlen)
         angles = positions.float()[..., None] * rope_inv_freq(self.params, tokens.device)
         cos = angles.cos()[:, :, None, :]  # (bsz, seqlen, 1, head_dim // 2)
         sin = angles.sin()[:, :, None, :]
-        if mask is None and cache is not None and start_pos > 0 and seqlen > 1:
-            kv_pos = torch.arange(start_pos + seqlen, device=tokens.device)
-            mask = kv_pos[None, :] <= positions[0, :, None]  # (seqlen, start_pos + seqlen)
+        if mask is None and seqlen > 1 and ((cache is not None and start_pos > 0) or prefix is not None):
+            slots = torch.arange(start_pos + seqlen, device=tokens.device)
+            mask = slots[None, :] <= slots[start_pos:, None]  # (seqlen, start_pos + seqlen)
             mask = mask[None, None]
         for layer in self.layers:
-            h = layer(h, cos, sin, start_pos, cache, mask)
+            h = layer(h, cos, sin, start_pos, cache, mask, prefix)
         if logits_at is not None:
             h = torch.gather(h, 1, logits_at[..., None].expand(-1, -1, h.shape[-1]))  # (bsz, n, dim)
+        h = self.norm(h)
         if return_hidden:
-            return self.norm(h)
-        return self.output(self.norm(h)).float()
+            return h
+        return self.output(h).float()

@@ -8,7 +8,6 @@ is the number of checkpoint shards; the remaining factor of the world size is da
 from __future__ import annotations
 
 import atexit
-import builtins
 import datetime
 import os
 import sys
@@ -74,7 +73,11 @@ class Runtime:
 
 def resolve_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
     if name is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        # bf16 keeps fp32's range (bf16-trained models such as Llama-3 and SmolLM2 can overflow
+        # fp16); GPUs without it (V100) get fp16.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     try:
         return DTYPES[str(name).lower()]
     except KeyError:
@@ -91,7 +94,7 @@ def setup_runtime(
     """Initialise (or skip) torch.distributed and fairscale's model-parallel groups.
 
     ``device``: "cpu", "cuda" or None (CUDA when available).  ``dtype``: fp32/fp16/bf16 or None
-    (fp16 on CUDA, fp32 on CPU).  Ranks other than 0 print nothing when ``quiet_workers``.
+    (bf16 on CUDA devices that support it, else fp16; fp32 on CPU).  Ranks other than 0 print nothing when ``quiet_workers``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -136,9 +139,3 @@ def _close_process_group() -> None:
     except Exception:
         pass
     dist.destroy_process_group()
-
-
-def print0(*args: Any, **kwargs: Any) -> None:
-    """Print on rank 0 only (rank = RANK env var; 0 under plain python)."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        builtins.print(*args, **kwargs)

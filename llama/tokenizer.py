@@ -14,6 +14,7 @@ the caller decides, and ``add_bos`` tells it what the model was trained with.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -30,12 +31,15 @@ __all__ = [
 _USAGE = "pass a tokenizer.model (SentencePiece), a tokenizer.json (Hugging Face) or a directory holding one"
 
 
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be used; the message names the file and the fix."""
+
+
 class Tokenizer:
     """Common interface: what the model runner needs, independent of the vocabulary format."""
 
     bos_id: int
     eos_id: int
-    pad_id: int  # eos when the vocabulary has no pad token: padded positions are masked anyway
     n_words: int
     add_bos: bool  # whether the model was trained with BOS prepended to every sequence
 
@@ -43,6 +47,14 @@ class Tokenizer:
         """Token ids of ``s``; BOS/EOS are added only when asked, never implicitly."""
         ids = self._encode(s)
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def encode_many(self, texts: list[str], bos: bool) -> list[list[int]]:
+        """``encode`` of many texts at once (backends with a batch encoder run it in parallel)."""
+        head = [self.bos_id] if bos else []
+        return [head + ids for ids in self._encode_many(texts)]
+
+    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+        return [self._encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special/control tokens (BOS, EOS, ...) are dropped, as SentencePiece does."""
@@ -56,7 +68,7 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n_words={self.n_words}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
-                f"pad_id={self.pad_id}, add_bos={self.add_bos})")
+                f"add_bos={self.add_bos})")
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -70,8 +82,6 @@ class SentencePieceTokenizer(Tokenizer):
         self.n_words = self.sp_model.vocab_size()
         self.bos_id = self.sp_model.bos_id()
         self.eos_id = self.sp_model.eos_id()
-        pad = self.sp_model.pad_id()  # -1 for LLaMA: no pad piece
-        self.pad_id = pad if pad >= 0 else self.eos_id
         self.add_bos = True
 
     def _encode(self, s: str) -> list[int]:
@@ -161,13 +171,14 @@ class HFTokenizer(Tokenizer):
                              f"with bos_token and eos_token")
         self.bos_id = bos if bos is not None else eos
         self.eos_id = eos if eos is not None else bos
-        pad = lookup("pad_token", ())
-        self.pad_id = pad if pad is not None else self.eos_id
         self.add_bos = lead == self.bos_id or cfg.get("add_bos_token") is True
 
     def _encode(self, s: str) -> list[int]:
         assert isinstance(s, str), f"expected str, got {type(s).__name__}"
         return self.tok.encode(s, add_special_tokens=False).ids
+
+    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
     def _decode(self, ids: list[int]) -> str:
         # The tokenizer.json's decoder (ByteLevel for GPT-2-style BPE) maps byte symbols such as "Ġ"
@@ -188,13 +199,35 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                 return load_tokenizer(p / name)
         raise FileNotFoundError(f"No tokenizer.model or tokenizer.json in directory {p}; {_USAGE}")
     suffix = p.suffix.lower()
-    if suffix == ".model":
-        return SentencePieceTokenizer(p)
+    # Mistral ships SentencePiece models as tokenizer.model.v1, .v3, ...
+    if suffix == ".model" or re.fullmatch(r"\.model\.v\d+\w*", "".join(p.suffixes[-2:]).lower()):
+        try:
+            return SentencePieceTokenizer(p)
+        except (RuntimeError, OSError) as e:
+            raise TokenizerError(f"{p}: not a SentencePiece model ({_first_line(e)}); {_USAGE}") from None
     if suffix == ".json":
-        return HFTokenizer(p)
+        head = _read_json_quietly(p)
+        if isinstance(head, dict) and "vocab" in head and "config" in head and "model" not in head:
+            raise TokenizerError(f"{p} is a Mistral tekken tokenizer, which is not supported; {_USAGE}")
+        try:
+            return HFTokenizer(p)
+        except Exception as e:  # the tokenizers library raises bare Exceptions on foreign JSON
+            raise TokenizerError(f"{p}: not a Hugging Face tokenizer.json ({_first_line(e)}); {_USAGE}") from None
     if suffix == ".gguf":
         return HFTokenizer.from_gguf(p)
-    raise ValueError(f"Unknown tokenizer file type {p.name!r} ({p}); {_USAGE}")
+    raise TokenizerError(f"Unknown tokenizer file type {p.name!r} ({p}); {_USAGE}")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _read_json_quietly(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------- GGUF
@@ -225,7 +258,8 @@ def _byte_alphabet() -> dict[int, str]:
     return {b: chr(b) if b in keep else chr(next(extra)) for b in range(256)}
 
 
-def _field(reader: Any, name: str, default: Any = None) -> Any:
+def gguf_field(reader: Any, name: str, default: Any = None) -> Any:
+    """A GGUF metadata value (``gguf.GGUFReader``), or ``default`` when the key is absent."""
     field = reader.fields.get(name)
     return default if field is None else field.contents()
 
@@ -240,16 +274,16 @@ def tokenizer_json_from_gguf(reader: Any) -> tuple[str, dict]:
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
     from tokenizers import Tokenizer as _HFTok
 
-    kind = _field(reader, "tokenizer.ggml.model")
+    kind = gguf_field(reader, "tokenizer.ggml.model")
     if kind == "llama":
         raise NotImplementedError("GGUF holds a SentencePiece vocabulary (tokenizer.ggml.model='llama'); "
                                   "use the original tokenizer.model with SentencePieceTokenizer instead")
     if kind != "gpt2":
         raise NotImplementedError(f"GGUF tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' BPE)")
-    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
-    types: list[int] = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
-    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    tokens: list[str] = gguf_field(reader, "tokenizer.ggml.tokens")
+    types: list[int] = gguf_field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    merges = [tuple(m.split(" ", 1)) for m in gguf_field(reader, "tokenizer.ggml.merges", [])]
+    pre = gguf_field(reader, "tokenizer.ggml.pre", "default")
     if pre not in _PRE:
         warnings.warn(f"GGUF pre-tokenizer {pre!r} is unknown; falling back to GPT-2's split, which may differ")
     digits, split = _PRE.get(pre, (False, None))
@@ -265,11 +299,11 @@ def tokenizer_json_from_gguf(reader: Any) -> tuple[str, dict]:
         vocab.setdefault(t, i)
 
     def tok_id(key: str) -> Optional[int]:
-        v = _field(reader, f"tokenizer.ggml.{key}")
+        v = gguf_field(reader, f"tokenizer.ggml.{key}")
         return int(v) if v is not None and 0 <= int(v) < len(tokens) else None
 
     bos, eos, unk, pad = (tok_id(k) for k in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id"))
-    add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", False))
+    add_bos = bool(gguf_field(reader, "tokenizer.ggml.add_bos_token", False))
 
     tok = _HFTok(models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False,
                             ignore_merges=pre in _IGNORE_MERGES))

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from classification.data import Example
+from classification.sampling import Example
 
 PUNCT = ".,:;!?\"'()"
 
@@ -64,6 +64,7 @@ class FakeLM:
         fail_after_calls: Optional[int] = None,
         generator: Optional[Callable[[str], str]] = None,
         requests: Optional[Counter] = None,
+        prefix_nll: Optional[float] = None,
     ) -> None:
         self.tokenizer = WhitespaceTokenizer()
         self.max_seq_len = max_seq_len
@@ -74,6 +75,14 @@ class FakeLM:
         self.requests: Counter = requests if requests is not None else Counter()
         self.batches: List[List[Tuple[str, str]]] = []
         self.contexts: List[str] = []
+        self.prefix_nll = prefix_nll
+        self.shared_prefixes: List[str] = []
+        self.seeds: List[Optional[int]] = []
+
+    def set_shared_prefix(self, text: str) -> Optional[float]:
+        """Records the prefix; returns the mean loss the test chose (None: too short to tell)."""
+        self.shared_prefixes.append(text)
+        return self.prefix_nll
 
     def _tick(self) -> None:
         self.calls += 1
@@ -134,10 +143,11 @@ class FakeLM:
         stop: Sequence[str] = ("\n",),
         temperature: float = 0.0,
         top_p: float = 1.0,
-        seed: Optional[int] = None,
+        seed=None,
     ) -> List[str]:
         self._tick()
         out = []
+        self.seeds.extend(seed if isinstance(seed, (list, tuple)) else [seed] * len(contexts))
         for c in contexts:
             self.contexts.append(c)
             g = (self.generator or self.default_generation)(c)

@@ -46,3 +46,18 @@ def default_model_dir(tmp_path_factory, default_gguf) -> Path:
     out = tmp_path_factory.mktemp("smollm2")
     install_default(str(out), str(default_gguf))
     return out
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

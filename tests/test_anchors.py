@@ -113,7 +113,7 @@ def test_anchor_calibrations_predict_as_the_reference(tmp_path, calibration):
     evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
     fake = FakeLM()
     evaluate("calibrate", inputs, str(tmp_path / "cal.json"), direct_output_path=direct, calibration=calibration,
-             lm=fake, knn_k=2)
+             lm=fake, **({"knn_k": 2} if calibration == "knn" else {}))  # --knn_k is knn's flag alone
     words = records[0]["label_words"]
     test_h = fake.context_hidden(contexts(records)).astype(np.float16).astype(np.float64)
     anchor_h = fake.context_hidden(contexts(anchors)).astype(np.float16).astype(np.float64)

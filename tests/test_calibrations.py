@@ -45,13 +45,27 @@ def test_dcpmi_by_hand_changes_the_prediction():
     assert methods.dcpmi_log_probs([x - 5 for x in direct], [x + 2 for x in premise]) == pytest.approx(got)
 
 
-def test_batch_calibration_by_hand_changes_the_prediction():
+def test_batch_calibration_averages_probabilities_as_in_the_paper():
+    # Zhou et al. 2023: prior p(y) = mean of p(y|x_j); score = log p(y|x) - log prior.
+    lps = [[L(0.99), L(0.01)], [L(0.5), L(0.5)], [L(0.2), L(0.8)], [L(0.3), L(0.7)]]
+    prior = [(0.99 + 0.5 + 0.2 + 0.3) / 4, (0.01 + 0.5 + 0.8 + 0.7) / 4]  # 0.4975, 0.5025
+    assert methods.batch_log_priors(lps) == [pytest.approx([L(p) for p in prior])] * 4
+    got = methods.batch_calibrate(lps)
+    ratio = [0.5 / prior[0], 0.5 / prior[1]]
+    assert got[1] == pytest.approx([L(r / sum(ratio)) for r in ratio])
+    # The uniform example leans to A (the slightly rarer label) by the paper's prior; the mean of
+    # log-probs is dragged down by the one 0.01 and pushes it to B instead.
+    assert methods.argmax(got[1]) == 0
+    assert methods.argmax(methods.batch_calibrate(lps, average="log_probs")[1]) == 1
+
+
+def test_batch_logmean_by_hand_changes_the_prediction():
     # Three examples, two labels; the model leans to A on every example.
     lps = [[L(0.9), L(0.1)], [L(0.7), L(0.3)], [L(0.8), L(0.2)]]
-    means = methods.batch_means(lps)
+    means = methods.batch_log_priors(lps, average="log_probs")
     want_mean = [(L(0.9) + L(0.7) + L(0.8)) / 3, (L(0.1) + L(0.3) + L(0.2)) / 3]
     assert means == [pytest.approx(want_mean)] * 3
-    got = methods.batch_calibrate(lps)
+    got = methods.batch_calibrate(lps, average="log_probs")
     for lp, out in zip(lps, got):
         scores = [lp[0] - want_mean[0], lp[1] - want_mean[1]]
         assert out == pytest.approx(methods.log_softmax(scores))
@@ -59,7 +73,7 @@ def test_batch_calibration_by_hand_changes_the_prediction():
     # Log-odds A:B are log 9, log 7/3, log 4 (mean 1.477): the two below the mean flip to B.
     assert [methods.argmax(x) for x in got] == [0, 1, 1]
     # Unnormalized inputs: the same (log-softmax first).
-    shifted = methods.batch_calibrate([[x + 3 for x in lp] for lp in lps])
+    shifted = methods.batch_calibrate([[x + 3 for x in lp] for lp in lps], average="log_probs")
     assert [x for row in shifted for x in row] == pytest.approx([x for row in got for x in row])
 
 
@@ -116,8 +130,13 @@ def test_runner_batch_needs_no_model(direct_run, tmp_path):
     want = methods.batch_calibrate([o["log_probs"] for o in read(direct_out)])
     assert [x for o in read(out) for x in o["log_probs"]] == pytest.approx([x for row in want for x in row])
     assert m["calibration"] == "batch" and m["batch_size"] is None and m["ece"] is not None
-    means = methods.batch_means([o["log_probs"] for o in read(direct_out)])
-    assert m["batch_mean_log_probs"] == pytest.approx(means[0])
+    priors = methods.batch_log_priors([o["log_probs"] for o in read(direct_out)])
+    assert m["batch_log_prior"] == pytest.approx(priors[0])
+    m = runner.evaluate("calibrate", data, str(tmp_path / "logmean.json"), direct_output_path=direct_out,
+                        calibration="batch_logmean")
+    want = methods.batch_calibrate([o["log_probs"] for o in read(direct_out)], average="log_probs")
+    got = read(str(tmp_path / "logmean.json"))
+    assert [x for o in got for x in o["log_probs"]] == pytest.approx([x for row in want for x in row])
 
 
 def test_runner_dcpmi_scores_only_the_label_words_after_the_premise(direct_run, tmp_path):

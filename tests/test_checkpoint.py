@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+import llama.checkpoint
 from llama.checkpoint import (
-    NAME_TABLE, CheckpointError, convert_name, load_model, permute_qk, read_checkpoint, read_gguf,
+    NAME_TABLE, CheckpointError, convert_name, load_model, permute_qk, read_checkpoint, read_gguf, read_hf,
+    quantize_state, split_state, write_gguf, write_hf,
 )
 from llama.convert import convert
 from llama.model import ModelArgs, Transformer
@@ -142,16 +144,16 @@ def test_unsupported_gguf_tensor_type(tmp_path):
     for key, val in [("embedding_length", 32), ("block_count", 1), ("attention.head_count", 2),
                      ("attention.head_count_kv", 2), ("feed_forward_length", 96), ("vocab_size", 64)]:
         w.add_uint32(f"llama.{key}", val)
-    # A Q6_K block is 210 bytes for 256 values: one row of 256.
-    w.add_tensor("token_embd.weight", np.zeros((1, 210), dtype=np.uint8),
-                 raw_dtype=gguf.GGMLQuantizationType.Q6_K)
+    # Q8_K is llama.cpp's intermediate type for dot products, never dequantized: 292 bytes per 256 values.
+    w.add_tensor("token_embd.weight", np.zeros((1, 292), dtype=np.uint8),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_K)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(CheckpointError) as e:
         read_gguf(path)
-    assert "Q6_K" in one_line(e) and "bad.gguf" in str(e.value)
+    assert "Q8_K" in one_line(e) and "bad.gguf" in str(e.value) and "token_embd.weight" in str(e.value)
 
 
 def test_unknown_path(tmp_path):
@@ -168,3 +170,191 @@ def test_params_json_written_is_meta_style(tmp_path):
     ckpt = tiny_meta(tmp_path)
     params = json.loads((ckpt / "params.json").read_text())
     assert {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "norm_eps"} <= set(params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streamed, sharded reads of HF and GGUF
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Read a few rows at a time, so the tiny test tensors take several (uneven) chunks."""
+    monkeypatch.setattr(llama.checkpoint, "CHUNK_BYTES", 1000)
+
+
+def random_state(args: ModelArgs, seed: int = 0, scale: float = 0.3):
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in Transformer(args).state_dict().items()}
+    return {k: torch.randn(shape) * scale for k, shape in shapes.items()}
+
+
+def test_qk_permute_commutes_with_head_aligned_slice():
+    n_heads, head_dim, dim, mp = 4, 8, 6, 2
+    w = torch.randn(n_heads * head_dim, dim)
+    rows = n_heads * head_dim // mp
+    for rank in range(mp):
+        part = slice(rank * rows, (rank + 1) * rows)
+        assert torch.equal(permute_qk(w, n_heads, to_hf=False)[part], permute_qk(w[part], n_heads // mp, to_hf=False))
+
+
+def write_hf_two_files(args: ModelArgs, state, out):
+    """write_hf, then split its one file into model-0000N-of-00002.safetensors + index, as HF does."""
+    from safetensors.torch import load_file, save_file
+
+    write_hf(args, state, out)
+    tensors = load_file(str(out / "model.safetensors"))
+    (out / "model.safetensors").unlink()
+    names = sorted(tensors)
+    weight_map = {}
+    for i, chunk in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        fname = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in chunk}, str(out / fname), metadata={"format": "pt"})
+        weight_map.update({n: fname for n in chunk})
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return out
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_hf_sliced_read_equals_full_read_and_split(tmp_path, small_chunks, tied):
+    args = ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=128, multiple_of=32,
+                     tie_word_embeddings=tied)
+    state = random_state(args)
+    if tied:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    hf = write_hf_two_files(args, state, tmp_path / "hf")
+    _, full = read_hf(hf)
+    for name in state:
+        assert torch.equal(full[name], state[name]), name
+    for mp in (2, 4):
+        for rank in range(mp):
+            _, part = read_hf(hf, rank, mp, torch.bfloat16)
+            expected = split_state(state, rank, mp)
+            assert sorted(part) == sorted(expected)
+            for name, t in part.items():
+                assert t.dtype == torch.bfloat16 and t.is_contiguous(), name
+                assert torch.equal(t, expected[name].to(torch.bfloat16)), (name, rank, mp)
+
+
+def test_model_parallel_size_must_split_whole_heads(tmp_path):
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32)
+    hf = tmp_path / "hf"
+    write_hf(args, random_state(args), hf)
+    with pytest.raises(CheckpointError) as e:
+        read_hf(hf, 0, 4)
+    assert "2 key/value heads" in one_line(e) and "model-parallel size 4" in str(e.value)
+
+
+def k_quant_reference(rng):
+    """Blocks of Q2_K, Q4_K, Q5_K and Q6_K packed from chosen integers, with their values by formula.
+
+    d and dmin are powers of two, so every value is exact in float32 and can be compared exactly.
+    """
+    import gguf
+
+    from tests.helpers.gguf_files import pack_q2_k, pack_q4_k, pack_q5_k, pack_q6_k
+
+    T = gguf.GGMLQuantizationType
+    out = {}
+    for qtype, qmax, scmax, sub in ((T.Q2_K, 3, 15, 16), (T.Q4_K, 15, 63, 32), (T.Q5_K, 31, 63, 32)):
+        blocks, values = [], []
+        for _ in range(4):  # 4 blocks: a (2, 512) tensor
+            d, dmin = 2.0 ** -int(rng.integers(4, 9)), 2.0 ** -int(rng.integers(4, 9))
+            sc = rng.integers(0, scmax + 1, 256 // sub)
+            m = rng.integers(0, scmax + 1, 256 // sub)
+            q = rng.integers(0, qmax + 1, 256)
+            sc[0], m[0], q[:2] = scmax, scmax, (0, qmax)  # the extremes of every field appear
+            pack = {T.Q2_K: pack_q2_k, T.Q4_K: pack_q4_k, T.Q5_K: pack_q5_k}[qtype]
+            blocks.append(pack(d, dmin, sc, m, q))
+            v = np.arange(256) // sub
+            values.append(d * sc[v] * q - dmin * m[v])
+        out[qtype] = (np.stack(blocks).reshape(2, -1), np.stack(values).reshape(2, 512).astype(np.float32))
+    blocks, values = [], []
+    for _ in range(4):
+        d = 2.0 ** -int(rng.integers(4, 9))
+        sc = rng.integers(-128, 128, 16)
+        q = rng.integers(0, 64, 256)
+        sc[:2], q[:2] = (-128, 127), (0, 63)
+        blocks.append(pack_q6_k(d, sc, q))
+        values.append(d * sc[np.arange(256) // 16] * (q - 32))
+    out[T.Q6_K] = (np.stack(blocks).reshape(2, -1), np.stack(values).reshape(2, 512).astype(np.float32))
+    return out
+
+
+def test_gguf_k_quants_match_block_layout_reference(tmp_path, small_chunks):
+    gguf = pytest.importorskip("gguf")
+    cases = k_quant_reference(np.random.default_rng(0))
+    # Each K-quant as one (2, 512) tensor of a model with dim 512; the loader reads them by name.
+    args = ModelArgs(dim=512, n_layers=1, n_heads=4, vocab_size=2, multiple_of=256)
+    names = ["tok_embeddings.weight", "output.weight", "layers.0.attention.wq.weight", "layers.0.attention.wk.weight"]
+    tensors = {name: case for name, case in zip(names, cases.items())}
+    path = write_gguf(args, {n: (raw, qtype) for n, (qtype, (raw, _)) in tensors.items()}, tmp_path / "k.gguf")
+    _, state = read_gguf(path)
+    for name, (qtype, (raw, expected)) in tensors.items():
+        assert np.array_equal(gguf.quants.dequantize(raw, qtype), expected), qtype.name
+        assert torch.equal(state[name], torch.from_numpy(expected)), qtype.name
+        for rank in range(2):  # row split (dim 0), and column split of a whole number of blocks
+            _, part = read_gguf(path, rank, 2, torch.float32)
+            assert torch.equal(part[name], split_state({name: torch.from_numpy(expected)}, rank, 2)[name])
+
+
+def q4_k_m_model(tmp_path, rng):
+    """A tiny random llama in a Q4_K_M-like mix: Q4_K, Q6_K for v/down/output, F32 norms."""
+    import gguf
+
+    from tests.helpers.gguf_files import random_k_blocks
+
+    T = gguf.GGMLQuantizationType
+    args = ModelArgs(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=256)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in Transformer(args).state_dict().items()}
+    tensors = {}
+    for name, shape in shapes.items():
+        if len(shape) == 1:
+            tensors[name] = ((1 + 0.1 * rng.standard_normal(shape)).astype(np.float32), T.F32)
+        else:
+            q6 = name == "output.weight" or name.endswith(("wv.weight", "w2.weight"))
+            qtype = T.Q6_K if q6 else T.Q4_K
+            tensors[name] = (random_k_blocks(rng, qtype, *shape, scale=4e-5 if q6 else 2e-4), qtype)
+    path = write_gguf(args, tensors, tmp_path / "q4km.gguf")
+    expected = {n: torch.from_numpy(gguf.quants.dequantize(raw, qtype).copy()).reshape(shapes[n])
+                for n, (raw, qtype) in tensors.items()}
+    return path, expected
+
+
+def test_gguf_q4_k_m_mix_loads_whole_and_sliced(tmp_path, small_chunks):
+    pytest.importorskip("gguf")
+    path, expected = q4_k_m_model(tmp_path, np.random.default_rng(1))
+    model = load_model(str(path), dtype=torch.float32)
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, expected[name]), name
+    for rank in range(2):  # wo/w2 columns (128, 384) are not whole 256-value blocks: dequantized, then cut
+        _, part = read_gguf(path, rank, 2, torch.bfloat16)
+        for name, t in split_state(expected, rank, 2).items():
+            assert torch.equal(part[name], t.to(torch.bfloat16)), (name, rank)
+
+
+def test_meta_checkpoint_keeps_its_shard_count(tmp_path):
+    ckpt = tiny_meta(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(str(ckpt), 0, 2)
+    assert "1 shard(s) but model-parallel size is 2" in one_line(e) and "--shards 2" in str(e.value)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "F16"])
+def test_gguf_tied_model_sliced_in_compute_dtype(tmp_path, small_chunks, qtype):
+    gguf = pytest.importorskip("gguf")
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, tie_word_embeddings=True)
+    state = random_state(args)
+    state["output.weight"] = state["tok_embeddings.weight"]
+    tensors = quantize_state(state, qtype)
+    path = write_gguf(args, tensors, tmp_path / "m.gguf")
+    expected = {n: torch.from_numpy(gguf.quants.dequantize(raw, t).copy()).reshape(state[n].shape)
+                for n, (raw, t) in tensors.items()}
+    assert (expected["layers.0.attention.wq.weight"] - state["layers.0.attention.wq.weight"]).abs().max() < 0.05
+    args1, whole = read_gguf(path, dtype=torch.float16)
+    assert args1.tie_word_embeddings and whole["output.weight"] is whole["tok_embeddings.weight"]
+    for rank in range(2):  # Q8_0 blocks are 32 wide: the 32-column halves of wo/w2/embeddings are cut as bytes
+        _, part = read_gguf(path, rank, 2, torch.float16)
+        for name, t in split_state(expected, rank, 2).items():
+            assert torch.equal(part[name], t.half()), (name, rank)

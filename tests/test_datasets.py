@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from classification.data import build_records, load_ag_news, select_demonstrations
-from classification.datasets import PRESETS, holdout_split, label_index, load_dataset, make_records, preprocess_dataset
+from classification.data import build_records, load_ag_news
+from classification.datasets import load_dataset, make_records, preprocess_dataset
+from classification.presets import PRESETS
+from classification.sampling import holdout_split, select_demonstrations
+from classification.sources import label_index
 from classification.errors import ClassificationError
-from classification.templates import TEMPLATES, build_prompt_from_template, parse_template, unescape_cli
+from classification.templates import build_prompt_from_template, parse_template, unescape_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -33,8 +36,11 @@ def run(*args):
 
 
 def test_parse_template_reproduces_the_original_templates():
-    assert parse_template("Article: {text}\nCategory: {label_word}", "direct") == TEMPLATES["direct"]
-    assert parse_template("Category: {label_word}\nArticle: {text}", "channel") == TEMPLATES["channel"]
+    # (demonstration, prompt tail, completion) of sh0416/llama-classification
+    assert parse_template("Article: {text}\nCategory: {label_word}", "direct") == (
+        "Article: {text}\nCategory: {label_word}\n", "Article: {text}\nCategory:", "{label_word}")
+    assert parse_template("Category: {label_word}\nArticle: {text}", "channel") == (
+        "Category: {label_word}\nArticle: {text}\n", "Category: {label_word}\nArticle:", "{text}")
 
 
 def test_template_with_text_after_the_scored_part():
@@ -135,7 +141,7 @@ def test_holdout_split_is_seeded_disjoint_and_independent_of_demo_seed(preset):
 
 
 def test_holdout_split_by_hand():
-    from classification.data import Example
+    from classification.sampling import Example
 
     exs = [Example(str(i), i % 2, i) for i in range(10)]
     train, test = holdout_split(exs, 3, split_seed=0, what="x")
@@ -283,3 +289,49 @@ def test_hub_without_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ClassificationError, match="needs the `datasets` package"):
         load_dataset(preset="trec")
+
+
+def test_non_utf8_ag_news_csv_and_labels_txt_are_one_line_errors(tmp_path):
+    good = '"1","Title","Body"\n"2","Other","Text"\n"3","More","Words"\n"4","Last","One"\n'
+    (tmp_path / "train.csv").write_text(good)
+    (tmp_path / "test.csv").write_bytes(good.encode() + b'"1","Caf\xe9","latin-1 bytes"\n')
+    p = run("run_preprocess_direct_ag_news.py", "--data_dir", str(tmp_path), "--data_path", str(tmp_path / "o.json"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+    assert "test.csv: not UTF-8" in p.stderr
+    (tmp_path / "a.csv").write_text("text,label\ngood film,1\nbad film,0\n")
+    (tmp_path / "labels.txt").write_bytes(b"n\xe9gatif\npositif\n")
+    with pytest.raises(ClassificationError, match=r"labels\.txt: not UTF-8"):
+        load_dataset(train=str(tmp_path / "a.csv"), test=str(tmp_path / "a.csv"))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    (tmp_path / "a.csv").write_bytes("\ufefftext,label\ngood film,1\nbad film,0\n".encode("utf-8"))
+    (tmp_path / "labels.txt").write_bytes("\ufeffbad\ngood\n".encode("utf-8"))
+    ds = load_dataset(train=str(tmp_path / "a.csv"), test=str(tmp_path / "a.csv"))
+    assert [ex.text for ex in ds.test] == ["good film", "bad film"] and ds.label_words == ["bad", "good"]
+
+
+def test_a_broken_jsonl_line_is_reported_by_its_file_line(tmp_path):
+    rows = ['{"text": "good", "label": 1}', "", '{"text": "bad", "label": 0}', '{"text": "oops" "label": 0}']
+    (tmp_path / "a.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ClassificationError, match=r"invalid JSON at line 4 column 17"):
+        load_dataset(train=str(tmp_path / "a.jsonl"), test=str(tmp_path / "a.jsonl"), label_words=["bad", "good"])
+
+
+def test_local_parquet_files(tmp_path):
+    pytest.importorskip("datasets")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"sentence": ["good film", "bad film", "great", "awful"], "y": [1, 0, 1, 0]}),
+                   tmp_path / "train.parquet")
+    ds = load_dataset(train=str(tmp_path / "train.parquet"), test=str(tmp_path / "train.parquet"),
+                      text_column="sentence", label_column="y", label_words=["bad", "good"])
+    assert [(ex.text, ex.label) for ex in ds.test] == [("good film", 1), ("bad film", 0), ("great", 1), ("awful", 0)]
+
+
+def test_parquet_without_datasets_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    (tmp_path / "train.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ClassificationError, match="parquet needs the `datasets` package"):
+        load_dataset(train=str(tmp_path / "train.parquet"), test=str(tmp_path / "train.parquet"), label_words=["a", "b"])

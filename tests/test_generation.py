@@ -52,3 +52,11 @@ def test_sampling_is_seeded_and_top_p_restricts(smollm):
     probs = torch.tensor([[0.6, 0.3, 0.1]])
     draws = {sample_top_p(probs, 0.5, torch.Generator().manual_seed(s)).item() for s in range(50)}
     assert draws == {0}
+
+
+def test_per_prompt_seeds_make_samples_independent_of_batching(smollm):
+    model, tok = smollm
+    ids = [tok.encode(p, bos=tok.add_bos, eos=False) for p in PROMPTS]
+    batched = generate(model, tok, ids, 6, temperature=1.0, seed=[11, 12, 13])
+    alone = [generate(model, tok, [i], 6, temperature=1.0, seed=[s])[0] for i, s in zip(ids, (11, 12, 13))]
+    assert batched == alone

@@ -97,7 +97,7 @@ def test_content_free_probs_average_over_texts():
         ("sports news", "Sports"),
         ("  SCIENCE AND TECHNOLOGY!", "Science and technology"),
         ("Science", "none"),
-        ("Worldwide", "World"),
+        ("Worldwide", "none"),
         ("The world", "none"),
         ("", "none"),
     ],
@@ -166,3 +166,27 @@ def test_error_when_demonstrations_alone_do_not_fit():
         methods.channel(lm, [rec])
     with pytest.raises(ClassificationError, match="content-free"):
         methods.content_free_probs(lm, records("direct")[0], ["N/A"])
+
+
+def test_generation_label_needs_a_word_boundary():
+    words = ["World", "Sports", "Science and technology"]
+    assert methods.parse_generation(" Worldwide markets", words) == "none"
+    assert methods.parse_generation(" Sportsmanship", words) == "none"
+    assert methods.parse_generation(" world.", words) == "World"
+    assert methods.parse_generation(" World news", words) == "World"
+    assert methods.parse_generation("Science and technology", words) == "Science and technology"
+
+
+def test_sampling_seeds_depend_on_the_record_not_the_batch(tmp_path):
+    from classification import runner
+    from test_runner import write_inputs
+
+    data, recs = write_inputs(tmp_path)
+    by_chunking = []
+    for chunk in (1, 5, 64):
+        lm = FakeLM()
+        runner.evaluate("generate", data, str(tmp_path / f"g{chunk}.json"), lm=lm, temperature=0.7, seed=3,
+                        chunk_size=chunk)
+        by_chunking.append(dict(zip(lm.contexts, lm.seeds)))
+    assert by_chunking[0] == by_chunking[1] == by_chunking[2]
+    assert len(set(by_chunking[0].values())) == len(recs)  # one seed per record

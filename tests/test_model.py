@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from llama.checkpoint import load_model
-from llama.model import KVCache, ModelArgs, Transformer
+from llama import model as llama_model
+from llama.model import KVCache, ModelArgs, Transformer, prefix_attention
 
 transformers = pytest.importorskip("transformers")
 
@@ -66,7 +67,7 @@ def test_default_model_matches_hf(default_gguf):
 
 
 def random_model(seed: int = 0, **kw) -> Transformer:
-    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=200, multiple_of=32, **kw)
+    args = ModelArgs(**{"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 200, "multiple_of": 32, **kw})
     torch.manual_seed(seed)
     model = Transformer(args)
     with torch.no_grad():
@@ -86,18 +87,46 @@ def test_kv_cache_incremental_equals_full():
     assert (torch.cat(parts, dim=1) - full).abs().max().item() <= 1e-4
 
 
-def test_shared_prefix_cache_reused_across_rows():
-    """A prefix computed once (batch 1) and copied under several different suffixes."""
-    model = random_model()
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])  # MHA, GQA, MQA
+def test_shared_prefix_attended_in_place(n_kv_heads):
+    """A prefix computed once (batch 1) and attended, uncopied, by several different suffixes."""
+    model = random_model(n_kv_heads=n_kv_heads)
     prefix, suffixes = tokens(16, 200, bsz=1), tokens(7, 200, bsz=3, seed=5)
     with torch.no_grad():
         full = model(torch.cat([prefix.expand(3, -1), suffixes], dim=1))[:, 16:]
-        pcache = KVCache.for_model(model, 1, 32)
+        pcache = KVCache.for_model(model, 1, 16)
         model(prefix, 0, pcache)
-        cache = KVCache.for_model(model, 3, 32)
-        cache.copy_prefix(pcache, 16)
-        got = model(suffixes, 16, cache)
+        got = model(suffixes, prefix=pcache)
+        # The rows' own part can also live in a cache, filled step by step (generation).
+        cache = KVCache.for_model(model, 3, 7)
+        steps = [model(suffixes[:, :4], 0, cache, prefix=pcache)]
+        steps += [model(suffixes[:, t:t + 1], t, cache, prefix=pcache) for t in range(4, 7)]
     assert (got - full).abs().max().item() <= 1e-4
+    assert (torch.cat(steps, dim=1) - full).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_prefix_attention_equals_attention_over_the_concatenation(dtype):
+    """Two-part attention merged flash-style = one softmax over [prefix; own keys] (SDPA)."""
+    gen = torch.Generator().manual_seed(0)
+    bsz, heads, kv_heads, s, p, d = 3, 6, 2, 5, 9, 8
+    q = torch.randn(bsz, heads, s, d, generator=gen, dtype=dtype)
+    k, v = (torch.randn(bsz, kv_heads, s, d, generator=gen, dtype=dtype) for _ in range(2))
+    pk, pv = (torch.randn(1, kv_heads, p, d, generator=gen, dtype=dtype) for _ in range(2))
+    mask = (torch.rand(bsz, 1, s, s, generator=gen) > 0.5) | torch.eye(s, dtype=torch.bool)
+    keys = torch.cat([pk.expand(bsz, -1, -1, -1), k], 2)
+    values = torch.cat([pv.expand(bsz, -1, -1, -1), v], 2)
+    full_mask = torch.cat([torch.ones(bsz, 1, s, p, dtype=torch.bool), mask], 3)
+    want = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=full_mask, enable_gqa=True)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert (prefix_attention(q, k, v, mask, pk, pv) - want).abs().max().item() <= tol
+    # Blocks over the prefix (a tiny block size) change nothing.
+    old = llama_model.PREFIX_SCORE_BLOCK
+    try:
+        llama_model.PREFIX_SCORE_BLOCK = kv_heads * p * 2
+        assert (prefix_attention(q, k, v, mask, pk, pv) - want).abs().max().item() <= tol
+    finally:
+        llama_model.PREFIX_SCORE_BLOCK = old
 
 
 def test_packed_continuations_with_tree_mask():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from classification import runner
-from classification.datasets import PRESETS
+from classification.presets import PRESETS
 from classification.seeds import SEED_METHODS, run_seeds
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from classification import retrieval
-from classification.data import Example
+from classification.sampling import Example
 from classification.datasets import Dataset, get_preset, make_records, preprocess_dataset
 from classification.errors import ClassificationError
 from classification.fileio import write_json_atomic

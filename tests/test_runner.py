@@ -1,4 +1,5 @@
 import glob
+from pathlib import Path
 import json
 from collections import Counter
 
@@ -266,3 +267,113 @@ def test_results_table(tmp_path, capsys):
     assert lines[3].startswith("| generate | 24 | 0.7500 |")
     assert table_main(paths) == 0 and table in capsys.readouterr().out
     assert table_main([str(tmp_path / "missing.json")]) == 2
+
+
+class NaNLM(FakeLM):
+    """Scores one text's labels as NaN, as fp16 overflow or corrupted weights do."""
+
+    def score(self, context, continuation):
+        return float("nan") if "te item 5 " in context else super().score(context, continuation)
+
+
+def test_non_finite_scores_stop_the_run_and_are_never_stored(tmp_path):
+    data, recs = write_inputs(tmp_path)
+    out = str(tmp_path / "out.json")
+    pos = next(p for p, r in enumerate(recs) if "te item 5 " in r["text"])
+    with pytest.raises(ClassificationError, match=rf"record {pos} .*dtype bf16.*--dtype fp32"):
+        runner.evaluate("direct", data, out, lm=NaNLM(), dtype="bf16", chunk_size=1)
+    for path in glob.glob(out + ".partial*"):
+        assert "NaN" not in open(path, encoding="utf-8").read()
+    # A partial line holding a NaN (written by an older version) is not reused either.
+    m = runner.evaluate("direct", data, out, lm=FakeLM(), dtype="bf16")
+    assert m["accuracy"] == 1.0
+
+
+def test_calibration_refuses_non_finite_direct_outputs(tmp_path):
+    data, recs = write_inputs(tmp_path)
+    direct_out = tmp_path / "direct.json"
+    runner.evaluate("direct", data, str(direct_out), lm=FakeLM())
+    outputs = read(str(direct_out))
+    outputs[2]["log_probs"][0] = float("nan")
+    direct_out.write_text(json.dumps(outputs))
+    with pytest.raises(ClassificationError, match="non-finite"):
+        runner.evaluate("calibrate", data, str(tmp_path / "c.json"), direct_output_path=str(direct_out),
+                        calibration="batch")
+
+
+@pytest.mark.parametrize("method", ["direct", "channel", "generate"])
+def test_model_check_stops_a_model_that_predicts_its_prompt_like_uniform(tmp_path, method):
+    import math
+
+    data, recs = write_inputs(tmp_path, "channel" if method == "channel" else "direct")
+    log_v = math.log(FakeLM().tokenizer.n_words)
+    lm = FakeLM(prefix_nll=0.95 * log_v)
+    with pytest.raises(ClassificationError, match=rf"loss .* is {0.95 * log_v:.2f} .*log V = {log_v:.2f}"):
+        runner.evaluate(method, data, str(tmp_path / "o.json"), lm=lm)
+    placeholder = "{label_word}" if method == "channel" else "{text}"
+    assert lm.shared_prefixes == [recs[0]["prompt"][: recs[0]["prompt"].index(placeholder)]]
+    assert not glob.glob(str(tmp_path / "o.json*"))
+    m = runner.evaluate(method, data, str(tmp_path / "o.json"), lm=FakeLM(prefix_nll=0.95 * log_v), check_model=False)
+    assert m["prefix_nll"] == pytest.approx(0.95 * log_v)
+    m = runner.evaluate(method, data, str(tmp_path / "p.json"), lm=FakeLM(prefix_nll=0.3 * log_v))
+    assert m["prefix_nll"] == pytest.approx(0.3 * log_v)
+
+
+def test_calibration_refuses_direct_outputs_of_other_inputs(tmp_path):
+    data, recs = write_inputs(tmp_path)
+    direct_out = str(tmp_path / "direct.json")
+    runner.evaluate("direct", data, direct_out, lm=FakeLM())
+    other = tmp_path / "other_inputs.json"
+    other.write_text(json.dumps([{**r, "text": r["text"] + " changed"} for r in recs]))
+    with pytest.raises(ClassificationError, match="produced from other inputs"):
+        runner.evaluate("calibrate", str(other), str(tmp_path / "c.json"), direct_output_path=direct_out, lm=FakeLM())
+    Path(direct_out).with_suffix(".metrics.json").unlink()
+    with pytest.raises(ClassificationError, match="no metrics file"):
+        runner.evaluate("calibrate", data, str(tmp_path / "c.json"), direct_output_path=direct_out, lm=FakeLM())
+
+
+def test_batch_calibration_under_torchrun_has_one_writer(tmp_path, monkeypatch):
+    data, recs = write_inputs(tmp_path)
+    direct_out = str(tmp_path / "direct.json")
+    runner.evaluate("direct", data, direct_out, lm=FakeLM())
+    out = tmp_path / "batch.json"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert runner.evaluate("calibrate", data, str(out), direct_output_path=direct_out, calibration="batch") is None
+    assert not glob.glob(str(out) + "*") and not glob.glob(str(tmp_path / "batch.metrics.json"))
+    monkeypatch.setenv("RANK", "0")
+    m = runner.evaluate("calibrate", data, str(out), direct_output_path=direct_out, calibration="batch")
+    assert m["n"] == len(recs) and out.is_file()
+
+
+def test_duplicate_indices_and_empty_label_words_are_refused(tmp_path):
+    data, recs = write_inputs(tmp_path)
+    dup = tmp_path / "dup.json"
+    dup.write_text(json.dumps([recs[0], {**recs[1], "index": recs[0]["index"]}] + recs[2:]))
+    with pytest.raises(ClassificationError, match=rf"record 1: index {recs[0]['index']} is also record 0's"):
+        runner.evaluate("direct", str(dup), str(tmp_path / "o.json"), lm=FakeLM())
+    empty = tmp_path / "empty.json"
+    words = ["World", " ", "Business", "Science and technology"]
+    empty.write_text(json.dumps([{**r, "label_words": words, "ground_truth": "World"} for r in recs]))
+    with pytest.raises(ClassificationError, match="label_words has an empty word"):
+        runner.evaluate("direct", str(empty), str(tmp_path / "o.json"), lm=FakeLM())
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "--device 'tpu' is not one of cpu, cuda"),
+                                             ("meta", "--device 'meta' is not one of cpu, cuda"),
+                                             ("cuda", "--device cuda but torch sees no CUDA device")])
+def test_unusable_devices_are_one_line_errors(tmp_path, device, message):
+    import subprocess
+    import sys
+
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    data, _ = write_inputs(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, str(root / "run_evaluate_direct_llama.py"), "--data_path", data,
+                        "--output_path", str(tmp_path / "o.json"), "--device", device],
+                       cwd=root, capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+    assert p.stderr.startswith(f"error: {message}")

@@ -43,8 +43,10 @@ def test_scripts_are_thin_and_document_every_flag(name):
 def fake_model(monkeypatch):
     made = []
 
-    def load_model(ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, append_eos):
-        made.append(dict(ckpt_dir=ckpt_dir, max_seq_len=max_seq_len, append_eos=append_eos, scoring=scoring))
+    def load_model(ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, append_eos,
+                   verify_checkpoint=None, model_parallel_size=None, quantize="none"):
+        made.append(dict(ckpt_dir=ckpt_dir, max_seq_len=max_seq_len, append_eos=append_eos, scoring=scoring,
+                         model_parallel_size=model_parallel_size, quantize=quantize))
         return FakeLM(max_seq_len=max_seq_len, append_eos=append_eos), None
 
     monkeypatch.setattr(runner, "load_model", load_model)
@@ -58,7 +60,8 @@ def test_evaluate_scripts_with_fake_model(tmp_path, fake_model):
         (tmp_path / f"in_{method}.json").write_text(json.dumps(recs))
     d = str(tmp_path)
     fire.Fire(load_script("run_evaluate_direct_llama.py").main,
-              command=["--data_path", f"{d}/in_direct.json", "--output_path", f"{d}/out_direct.json", "--max_seq_len", "512"])
+              command=["--data_path", f"{d}/in_direct.json", "--output_path", f"{d}/out_direct.json", "--max_seq_len", "512",
+                       "--quantize", "int8"])
     fire.Fire(load_script("run_evaluate_direct_calibrate_llama.py").main,
               command=["--direct_input_path", f"{d}/in_direct.json", "--direct_output_path", f"{d}/out_direct.json",
                        "--output_path", f"{d}/out_cal.json", "--content_free", '["N/A", "", "[MASK]"]'])
@@ -66,10 +69,14 @@ def test_evaluate_scripts_with_fake_model(tmp_path, fake_model):
               command=["--data_path", f"{d}/in_channel.json", "--output_path", f"{d}/out_channel.json",
                        "--completion_end", "newline", "--scoring", "naive"])
     fire.Fire(load_script("run_evaluate_generate_llama.py").main,
-              command=["--data_path", f"{d}/in_direct.json", "--output_path", f"{d}/out_gen.json", "--max_gen_len", "4"])
+              command=["--data_path", f"{d}/in_direct.json", "--output_path", f"{d}/out_gen.json", "--max_gen_len", "4",
+                       "--model_parallel_size", "2"])
     assert [m["append_eos"] for m in fake_model] == [True, True, False, True]
     assert fake_model[0]["max_seq_len"] == 512 and fake_model[2]["scoring"] == "naive"
+    assert [m["model_parallel_size"] for m in fake_model] == [None, None, None, 2]
     assert fake_model[0]["ckpt_dir"] == "checkpoints/smollm2/135M"
+    assert [m["quantize"] for m in fake_model] == ["int8", "none", "none", "none"]
+    assert json.loads((tmp_path / "out_direct.metrics.json").read_text())["quantize"] == "int8"
     cal = json.loads((tmp_path / "out_cal.metrics.json").read_text())
     assert cal["content_free"] == ["N/A", "", "[MASK]"]
     for name in ("direct", "cal", "channel", "gen"):

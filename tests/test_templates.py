@@ -1,6 +1,9 @@
 import pytest
 
-from classification.templates import AG_NEWS_LABEL_WORDS, build_prompt, fill, has_placeholder
+from classification.templates import AG_NEWS_LABEL_WORDS, build_prompt_from_template, fill, has_placeholder
+
+DIRECT = "Article: {text}\nCategory: {label_word}"
+CHANNEL = "Category: {label_word}\nArticle: {text}"
 
 
 def test_fill_replaces_literally_and_keeps_braces_in_values():
@@ -26,19 +29,17 @@ def test_has_placeholder():
 
 
 def test_direct_prompt_matches_original_format():
-    prompt, completion = build_prompt("direct", [("t1", "Sports"), ("t {2}", "World")])
+    prompt, completion = build_prompt_from_template(DIRECT, "direct", [("t1", "Sports"), ("t {2}", "World")])
     assert prompt == "Article: t1\nCategory: Sports\nArticle: t {2}\nCategory: World\nArticle: {text}\nCategory:"
     assert completion == "{label_word}"
 
 
 def test_channel_prompt_matches_original_format():
-    prompt, completion = build_prompt("channel", [("t1", "Business")])
+    prompt, completion = build_prompt_from_template(CHANNEL, "channel", [("t1", "Business")])
     assert prompt == "Category: Business\nArticle: t1\nCategory: {label_word}\nArticle:"
     assert completion == "{text}"
 
 
 def test_zero_shot_and_label_words():
-    assert build_prompt("direct", []) == ("Article: {text}\nCategory:", "{label_word}")
+    assert build_prompt_from_template(DIRECT, "direct", []) == ("Article: {text}\nCategory:", "{label_word}")
     assert AG_NEWS_LABEL_WORDS == ("World", "Sports", "Business", "Science and technology")
-    with pytest.raises(KeyError):
-        build_prompt("generate", [])

@@ -1,4 +1,8 @@
-"""Worker for tests/test_parallel.py: logits of a fixed batch under torchrun (any shard count)."""
+"""Worker for tests/test_parallel.py: logits of a fixed batch under torchrun (any shard count).
+
+    python mp_logits.py CKPT OUT [MP_SIZE [QUANTIZE]]   (MP_SIZE: default the checkpoint's shard count;
+    "" for the default)
+QUANTIZE quantizes the model first (llama.quantize mode, e.g. int8)."""
 
 import sys
 from pathlib import Path
@@ -7,12 +11,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from llama.checkpoint import count_shards, load_model  # noqa: E402
+from llama.quantize import quantize_model  # noqa: E402
 from llama.runtime import setup_runtime  # noqa: E402
 
 
-def main(ckpt: str, out: str) -> None:
-    rt = setup_runtime(model_parallel_size=count_shards(ckpt), device="cpu")
-    model = load_model(ckpt, rt.device, rt.dtype, rt.mp_rank, rt.mp_size)
+def main(ckpt: str, out: str, mp_size: str = "", quantize: str = "none") -> None:
+    rt = setup_runtime(model_parallel_size=int(mp_size) if mp_size else count_shards(ckpt), device="cpu")
+    model = quantize_model(load_model(ckpt, rt.device, rt.dtype, rt.mp_rank, rt.mp_size), quantize, rt.device)
     ids = torch.arange(40).view(2, 20) * 7 % model.params.vocab_size
     with torch.no_grad():
         logits = model(ids)
@@ -21,4 +26,4 @@ def main(ckpt: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

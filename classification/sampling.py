@@ -1,0 +1,91 @@
+"""Seeded sampling: k demonstrations per class, a stratified test sample, a held-out test split."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from classification.errors import ClassificationError
+from classification.templates import AG_NEWS_LABEL_WORDS, has_placeholder
+
+N_CLASSES = len(AG_NEWS_LABEL_WORDS)
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int  # 0-based
+    index: int  # position in its split
+
+
+def _by_class(examples: Sequence[Example], n_classes: int) -> List[List[Example]]:
+    groups: List[List[Example]] = [[] for _ in range(n_classes)]
+    for ex in examples:
+        groups[ex.label].append(ex)
+    return groups
+
+
+def select_demonstrations(
+    train: Sequence[Example], k: int, seed: int, n_classes: int = N_CLASSES, split: str = "train"
+) -> List[Example]:
+    """``k`` examples per class from ``train``, chosen and then ordered with ``random.Random(seed)``.
+
+    Examples whose text contains a literal ``{text}`` or ``{label_word}`` are never chosen: the
+    prompt keeps those placeholders for the test example, so such a text would be filled later.
+    """
+    if k < 0:
+        raise ClassificationError(f"--k must be 0 or more, got {k}")
+    groups = [[ex for ex in group if not has_placeholder(ex.text)] for group in _by_class(train, n_classes)]
+    smallest = min(range(n_classes), key=lambda c: len(groups[c]))
+    if k > len(groups[smallest]):
+        raise ClassificationError(
+            f"--k {k} is larger than the smallest class of the {split} split (label {smallest} has "
+            f"{len(groups[smallest])} usable examples); use --k {len(groups[smallest])} or less"
+        )
+    rng = random.Random(seed)
+    chosen = [ex for group in groups for ex in rng.sample(group, k)]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def sample_test(
+    test: Sequence[Example], n_sample: int, seed: int, n_classes: int = N_CLASSES
+) -> List[Example]:
+    """A stratified, seeded sample of ``n_sample`` test examples, in test-split order.
+
+    Each class gets ``n_sample // n_classes`` examples; the first ``n_sample % n_classes``
+    classes get one more.  The sample depends only on ``seed`` (not on the demonstrations).
+    """
+    if n_sample < 1:
+        raise ClassificationError(f"--n_sample must be at least 1, got {n_sample}")
+    groups = _by_class(test, n_classes)
+    rng = random.Random(seed)
+    chosen: List[Example] = []
+    for c, group in enumerate(groups):
+        want = n_sample // n_classes + (1 if c < n_sample % n_classes else 0)
+        if want > len(group):
+            raise ClassificationError(
+                f"--n_sample {n_sample} needs {want} test examples of label {c}, which has only "
+                f"{len(group)}; use a smaller --n_sample"
+            )
+        chosen.extend(rng.sample(group, want))
+    return sorted(chosen, key=lambda ex: ex.index)
+
+
+def holdout_split(
+    examples: Sequence[Example], test_size: Optional[int], split_seed: int, what: str
+) -> Tuple[List[Example], List[Example]]:
+    """(train, test): ``test_size`` examples drawn with ``random.Random(split_seed)``, in file order."""
+    if test_size is None:
+        raise ClassificationError(f"{what} has no test split; pass --test_size (rows to hold out) or --test_file")
+    if not isinstance(test_size, int) or isinstance(test_size, bool) or not 0 < test_size < len(examples):
+        raise ClassificationError(
+            f"--test_size must be an integer in 1..{len(examples) - 1} for {what}, got {test_size!r}"
+        )
+    positions = list(range(len(examples)))
+    random.Random(split_seed).shuffle(positions)
+    held = set(positions[:test_size])
+    train = [ex for i, ex in enumerate(examples) if i not in held]
+    test = [ex for i, ex in enumerate(examples) if i in held]
+    return train, test

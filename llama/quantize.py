@@ -1,0 +1,222 @@
+"""Int8 weights for a loaded ``Transformer``: ``quantize_model(model, "int8", device)``.
+
+The seven projections of every block (``wq wk wv wo w1 w2 w3``) are replaced by int8 layers; the
+embedding, the norms and the output head keep the model's dtype.  The head is left alone as
+bitsandbytes' own integrations do (``lm_head`` is skipped): it decides every log-prob directly,
+and with tied embeddings (SmolLM2) it shares its matrix with the embedding, so quantizing it would
+save no memory.
+
+CUDA  bitsandbytes' LLM.int8 (``bnb.nn.Linear8bitLt``, Dettmers et al. 2022): row-wise int8
+      weights, vector-wise int8 activations, and input features with a value above
+      ``threshold`` (6.0) anywhere in the batch multiplied in fp16 (mixed-precision
+      decomposition).  Activations are fp16, as in the paper, so the model must be fp16.
+CPU   torch's dynamic int8 linear (``torch.ops.quantized.linear_dynamic``, fbgemm/oneDNN):
+      int8 weights with one scale per output row, activations quantized per call (one scale
+      per call), int32 accumulation.  Chosen by measurement (README "Precision and int8"): on a
+      2-core AVX-512 VNNI CPU it beat fp32, bf16, torchao's int8 configurations and
+      bitsandbytes' CPU backend.  Input features above ``threshold`` are multiplied in floating
+      point, as LLM.int8 does, so that a few outlier features do not set the activation scale.
+
+Under model parallel every fairscale ``ColumnParallelLinear``/``RowParallelLinear`` shard is
+quantized on its own, and the replacement still does fairscale's gather (column, when
+``gather_output``) and all-reduce (row) around the local int8 product.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Iterator, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from llama.checkpoint import CheckpointError
+
+QUANTIZE_MODES = ("none", "int8")
+TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+DEFAULT_THRESHOLD = 6.0  # LLM.int8's outlier threshold
+
+
+class QuantizeError(CheckpointError):
+    """This model cannot be quantized this way here (scripts print ``error: ...`` and exit 2)."""
+
+
+def check_mode(mode: str) -> str:
+    if mode not in QUANTIZE_MODES:
+        raise QuantizeError(f"--quantize {mode!r} is not one of {', '.join(QUANTIZE_MODES)}")
+    return mode
+
+
+class Int8Linear(nn.Module):
+    """CPU ``y = x W^T`` with W held as packed int8 (one fp scale per output row).
+
+    threshold: input features whose magnitude exceeds it anywhere in the call are taken out of
+        the int8 product and multiplied in fp32 with their dequantized weight columns (LLM.int8's
+        decomposition); ``None`` or ``0`` quantizes every feature.
+    """
+
+    def __init__(self, weight: Tensor, threshold: float | None = DEFAULT_THRESHOLD):
+        super().__init__()
+        w = weight.detach().to("cpu", torch.float32)
+        self.out_features, self.in_features = w.shape
+        self.threshold = threshold or None
+        scale = w.abs().amax(dim=1).clamp_min(1e-8) / 127.0  # (out,)
+        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        with warnings.catch_warnings():  # quantized tensors are flagged deprecated; the kernels are not
+            warnings.simplefilter("ignore")
+            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+            self._packed = torch.ops.quantized.linear_prepack(qw, None)
+
+    def int8_weight(self) -> Tuple[Tensor, Tensor]:
+        """(int8 weight (out, in), fp32 scale (out,)) as the packed form holds them."""
+        qw, _ = torch.ops.quantized.linear_unpack(self._packed)
+        return qw.int_repr(), qw.q_per_channel_scales().float()
+
+    def weight_bytes(self) -> int:
+        return self.out_features * self.in_features + 4 * self.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        x2 = x.float().flatten(0, -2)  # (tokens, in)
+        a = x2.abs()  # one pass, reused: element-wise passes cost as much as the int8 product here
+        row = a.amax(1, keepdim=True)  # (tokens, 1)
+        outliers = None
+        if self.threshold is not None and row.max() > self.threshold:
+            # Outlier features can only be in tokens whose absmax exceeds the threshold.
+            hot = a[row[:, 0] > self.threshold]  # (hot tokens, in)
+            outliers = (hot.amax(0) > self.threshold).nonzero().flatten()  # (n_outliers,)
+            row = a.index_fill_(1, outliers, 0.0).amax(1, keepdim=True)  # absmax of the rest
+        # The kernel quantizes its input with one scale per call; dividing every token by its own
+        # absmax first makes that one scale per token (LLM.int8's vector-wise quantization), so a
+        # token with huge activations (BOS: ~3,000 in SmolLM2) does not wipe out the others.
+        row.clamp_(min=1e-12)
+        scaled = x2 / row
+        if outliers is not None:
+            scaled.index_fill_(1, outliers, 0.0)
+        y = torch.ops.quantized.linear_dynamic(scaled, self._packed, _reduce_range()).mul_(row)
+        if outliers is not None:
+            q, scale = self.int8_weight()
+            w_out = q[:, outliers].float() * scale[:, None]  # (out, n_outliers)
+            y.addmm_(x2[:, outliers], w_out.t())  # the outlier features in fp32
+        return y.unflatten(0, x.shape[:-1]).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold}"
+
+
+@functools.lru_cache(maxsize=None)
+def _reduce_range() -> bool:
+    # fbgemm's AVX2 kernel multiplies u8 x s8 pairs into saturating int16, so full-range
+    # activations can overflow there; AVX-512 VNNI accumulates in int32 and needs no reduction.
+    caps = getattr(torch.cpu, "get_capabilities", dict)()
+    return not (caps.get("avx512_vnni") or caps.get("amx_int8"))
+
+
+class ShardedInt8(nn.Module):
+    """A quantized model-parallel shard that keeps fairscale's communication around it."""
+
+    def __init__(self, local: nn.Module, column: bool, gather_output: bool):
+        super().__init__()
+        self.local, self.column, self.gather_output = local, column, gather_output
+
+    def forward(self, x: Tensor) -> Tensor:
+        from fairscale.nn.model_parallel import mappings
+
+        if self.column:
+            y = self.local(mappings.copy_to_model_parallel_region(x))
+            return mappings.gather_from_model_parallel_region(y) if self.gather_output else y
+        return mappings.reduce_from_model_parallel_region(self.local(x))
+
+
+def _bnb_linear(weight: Tensor, device: torch.device, threshold: float) -> nn.Module:
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise QuantizeError(
+            "--quantize int8 on CUDA needs bitsandbytes: pip install -r requirements-gpu.txt"
+        ) from None
+    out_features, in_features = weight.shape
+    layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=False, has_fp16_weights=False, threshold=threshold)
+    # Int8Params quantizes (row-wise) when it moves from CPU to the GPU.
+    layer.weight = bnb.nn.Int8Params(weight.detach().to("cpu", torch.float16), requires_grad=False,
+                                     has_fp16_weights=False)
+    return layer.to(device)
+
+
+def _targets(model: nn.Module) -> Iterator[Tuple[nn.Module, str, nn.Module]]:
+    for parent in list(model.modules()):
+        for name in TARGETS:
+            child = getattr(parent, name, None)
+            if isinstance(child, nn.Module):
+                yield parent, name, child
+
+
+def quantize_model(model: nn.Module, mode: str, device: torch.device | str,
+                   threshold: float = DEFAULT_THRESHOLD) -> nn.Module:
+    """Replace the block projections of ``model`` (already on ``device``) by int8 layers, in place.
+
+    mode: ``none`` (returns the model unchanged) or ``int8``.  Raises :class:`QuantizeError` for
+    an unknown mode, CUDA without bitsandbytes, CUDA with a dtype other than fp16, or a device
+    other than CPU/CUDA.
+    """
+    check_mode(mode)
+    if mode == "none":
+        return model
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise QuantizeError(f"--quantize int8 runs on cpu or cuda, not {dev.type}")
+    dtype = next(model.parameters()).dtype
+    if dev.type == "cuda" and dtype != torch.float16:
+        raise QuantizeError(f"--quantize int8 on CUDA uses fp16 activations (LLM.int8); run with --dtype fp16, not {dtype}")
+    if dev.type == "cpu" and torch.backends.quantized.engine == "none":
+        raise QuantizeError("this torch build has no quantized CPU engine (fbgemm/onednn) for --quantize int8")
+    for parent, name, child in _targets(model):
+        kind = type(child).__name__
+        if isinstance(child, nn.Linear):
+            sharded = None
+        elif kind in ("ColumnParallelLinear", "RowParallelLinear"):
+            sharded = (kind == "ColumnParallelLinear", bool(getattr(child, "gather_output", False)))
+        else:
+            raise QuantizeError(f"cannot quantize {name} of type {kind}")
+        if getattr(child, "bias", None) is not None:
+            raise QuantizeError(f"cannot quantize {name}: it has a bias (LLaMA projections have none)")
+        local = _bnb_linear(child.weight, dev, threshold) if dev.type == "cuda" else Int8Linear(child.weight, threshold)
+        setattr(parent, name, local if sharded is None else ShardedInt8(local, *sharded))
+    return model
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's weights as held in memory (int8 layers: int8 values + row scales)."""
+    seen = set()
+    total = 0
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            total += module.weight_bytes()
+        for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            if id(t) not in seen:  # tied embedding/output counted once
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+                scb = getattr(t, "SCB", None)  # bitsandbytes' row scales
+                if isinstance(scb, Tensor):
+                    total += scb.numel() * scb.element_size()
+    return total
+
+
+def planned_weight_bytes(model: nn.Module, dtype: torch.dtype, mode: str) -> int:
+    """What :func:`weight_bytes` will be after loading in ``dtype`` and quantizing with ``mode``,
+    computed from the shapes alone (the model may live on the meta device, e.g. a 7B shape)."""
+    check_mode(mode)
+    item = torch.empty((), dtype=dtype).element_size()
+    quantized = set()
+    total = 0
+    if mode == "int8":
+        for _, _, child in _targets(model):
+            out_features, in_features = child.weight.shape
+            quantized.add(id(child.weight))
+            total += out_features * in_features + 4 * out_features
+    seen = set(quantized)
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * item
+    return total

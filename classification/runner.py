@@ -99,7 +99,6 @@ def load_model(
         scoring=scoring,
         append_eos=append_eos,
         model_parallel_size=model_parallel_size,
-        verify_checkpoint=verify_checkpoint,
         quantize=quantize,
     )
 

@@ -22,8 +22,9 @@ its ``.hidden.npy``), so they are cached and resumable like any run.
   to the first label.  ``log_probs`` = log of the Laplace-smoothed vote shares,
   (votes + 1) / (knn_k + C).
 
-:class:`AnchorCalibration` is the runner's interface: ``check`` (one-line errors before any
-model is loaded), ``prepare`` (score the anchors, fit) and ``apply`` (one record's log-probs).
+:class:`AnchorCalibration` is what the registered calibrations of :mod:`classification.calibrations`
+call: ``check`` (one-line errors before any model is loaded), ``prepare`` (score the anchors, fit)
+and ``apply`` (one record's log-probs).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class KnnVote:
 
 
 class AnchorCalibration:
-    """``--calibration hidden|lda|knn`` for runner.evaluate: check, prepare (anchors), apply."""
+    """The work of ``--calibration hidden|lda|knn`` (:mod:`classification.calibrations`): check, prepare, apply."""
 
     def __init__(self, name: str, n_anchor: Optional[int] = None, knn_k: int = DEFAULT_KNN_K) -> None:
         if name not in NAMES:

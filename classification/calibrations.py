@@ -214,7 +214,10 @@ class _Anchored(Calibration):
         knn_k = anchors.DEFAULT_KNN_K if options.knn_k is None else options.knn_k
         self.run = dict(options.direct_run or {})
         self.anchored = anchors.AnchorCalibration(self.name, options.n_anchor, knn_k)
-        self.fingerprint = self.anchored.check(self.run.pop("data_path"), self.run.pop("direct_output_path"), len(records))
+        paths = self.run.pop("data_path", None), self.run.pop("direct_output_path", None)
+        if None in paths:
+            raise ClassificationError(f"--calibration {self.name} needs the direct run's input and output paths")
+        self.fingerprint = self.anchored.check(*paths, len(records))
 
     def settings(self) -> Dict[str, Any]:
         return dict(self.fingerprint)

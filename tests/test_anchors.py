@@ -153,6 +153,9 @@ def test_anchor_calibration_bad_input_is_one_line(tmp_path):
     with pytest.raises(ClassificationError, match="--n_anchor 4 is more than the 3 anchors per class"):
         evaluate("calibrate", inputs, str(tmp_path / "c.json"), direct_output_path=direct, calibration="knn",
                  lm=FakeLM(), n_anchor=4)
+    with pytest.raises(ClassificationError, match="--knn_k applies to --calibration knn, not hidden"):
+        evaluate("calibrate", inputs, str(tmp_path / "c.json"), direct_output_path=direct, calibration="hidden",
+                 lm=FakeLM(), knn_k=2)
     (tmp_path / "in.anchors.json").unlink()
     with pytest.raises(ClassificationError, match="needs anchor records .* --n_anchor"):
         evaluate("calibrate", inputs, str(tmp_path / "c.json"), direct_output_path=direct, calibration="hidden",

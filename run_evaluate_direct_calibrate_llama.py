@@ -1,4 +1,4 @@
-"""Calibrate a direct run's saved label log-probs post hoc: na, cbu, dcpmi or batch (classification.methods)."""
+"""Calibrate a direct run's saved label log-probs post hoc: na, cbu, dcpmi, batch, hidden, lda or knn."""
 
 import fire
 
@@ -15,23 +15,23 @@ def main(
     max_batch_size: int = 16, dtype: str | None = None, device: str | None = None, scoring: str = "fast",
     completion_end: str = "eos", content_free: str | list[str] | None = None, domain_premise: str | None = None,
     batch_size: int | None = None, verify_checkpoint: bool | None = None, model_parallel_size: int | None = None,
+    n_anchor: int | None = None, knn_k: int | None = None,
 ) -> None:
     """Re-score the direct run's log-probs (no new pass over the test set), renormalise, argmax.
 
     Args:
-        direct_input_path: the direct run's input JSON.
-        direct_output_path: the direct run's output JSON (its log_probs are reused, not recomputed).
+        direct_input_path, direct_output_path: the direct run's input and output JSON (its log_probs are reused).
         output_path: output JSON, one record per input; metrics go to <stem>.metrics.json.
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
-            dcpmi (- log p(y|domain premise)), batch (- log of the batch's mean p; no model) or batch_logmean.
+            dcpmi (- log p(y|domain premise)), batch (- log of the batch's mean p; no model) or batch_logmean,
+            hidden (nearest anchor centroid), lda (shrunk discriminant) or knn (anchor vote): need --save_hidden, --n_anchor.
         ckpt_dir, tokenizer_path, model_parallel_size: the direct run's checkpoint, tokenizer and model-parallel size.
-        max_seq_len, max_batch_size, dtype, device, quantize: as for run_evaluate_direct_llama.py (same model setup).
-        scoring: fast (prompt prefix computed once) or naive (every sequence in full).
-        completion_end: eos, none or newline: the value the direct run used.
+        max_seq_len, max_batch_size, dtype, device, quantize, verify_checkpoint: as for run_evaluate_direct_llama.py.
+        scoring, completion_end: fast (prefix computed once) or naive; eos, none or newline: the direct run's values.
         content_free: na/cbu: text or list of texts, averaged, e.g. --content_free='["N/A","","[MASK]"]'.
         domain_premise: dcpmi: the premise (default: the template after {text}, e.g. "Category:").
         batch_size: batch: records per batch, in file order (default: the whole test set).
-        verify_checkpoint: check the checkpoint's checklist.chk md5s (default: when it has one).
+        n_anchor, knn_k: hidden/lda/knn: anchors per class used (default: all); knn: nearest anchors that vote (3).
     """
     evaluate("calibrate", data_path=direct_input_path, **{k: v for k, v in locals().items() if k != "direct_input_path"})
 

@@ -11,7 +11,7 @@ def main(
     data_path: str = "samples/inputs_direct_ag_news.json",
     output_path: str = "samples/outputs_direct_ag_news.json",
     ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
-    max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None,
+    max_seq_len: int = 2048, max_batch_size: int = 16, dtype: str | None = None, save_hidden: bool = False,
     device: str | None = None, scoring: str = "fast", quantize: str = "none", completion_end: str = "eos",
     check_model: bool = True, verify_checkpoint: bool | None = None, model_parallel_size: int | None = None,
 ) -> None:
@@ -29,6 +29,7 @@ def main(
         quantize: none or int8 (int8 block weights: LLM.int8 via bitsandbytes on CUDA, int8 kernels on CPU).
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos (also score EOS after the label), none, or newline (score a newline).
+        save_hidden: also save each record's label-predicting hidden state (<stem>.hidden.npy) for hidden/lda/knn.
         check_model, verify_checkpoint: stop if the model predicts its prompt near uniform; check checklist.chk md5s.
         model_parallel_size: ranks that split the model (default: a Meta checkpoint's shard count, 1 for HF/GGUF).
     """

@@ -12,6 +12,8 @@ def main(
     train: str | None = None, test: str | None = None, hub: str | None = None, label_column: str | None = None,
     text_column: str | list[str] | None = None, label_words: list[str] | None = None, template: str | None = None,
     k: int = 1, seed: int = 42, n_sample: int = 16, sample_seed: int | None = None, test_size: int | None = None,
+    demos: str = "random", demo_pool: int | None = None, n_anchor: int = 0, embedder: str | None = None,
+    ckpt_dir: str = "checkpoints/smollm2/135M", tokenizer_path: str = "checkpoints/smollm2/tokenizer.json",
 ) -> None:
     """Build prompts with k demonstrations per class for a preset, local files or a hub dataset.
 
@@ -32,6 +34,12 @@ def main(
         n_sample: size of the stratified test sample; 0 for the whole test split.
         sample_seed: random seed of the test sample (default: seed).
         test_size: rows held out (seed 0) as test without a test file/split (presets: mr, cr, subj 2000, dbpedia 1000).
+        demos: random, bm25 or knn: k per class chosen for each input, most similar last; records list them.
+        demo_pool: bm25/knn: retrieve from a stratified sample of this many training examples (seeded).
+        n_anchor: also write M labeled anchors per class (never demonstrations) to <data_path stem>.anchors.json.
+        embedder: knn: a local sentence-transformers model (default: the scoring model's mean hidden states).
+        ckpt_dir: the scoring model's checkpoint, knn's default embedder.
+        tokenizer_path: the scoring model's tokenizer file.
     """
     preprocess_dataset(**locals())
 

@@ -14,6 +14,9 @@ def main(
     seed: int = 42,
     data_dir: str | None = None,
     n_sample: int = 16,
+    demos: str = "random",
+    demo_pool: int | None = None,
+    n_anchor: int = 0,
 ) -> None:
     """Build channel prompts with k demonstrations per class and write the records as JSON.
 
@@ -24,8 +27,11 @@ def main(
         seed: random seed of the demonstrations, their order and the test sample.
         data_dir: directory with ag_news_csv train.csv and test.csv; None reads the Hugging Face hub.
         n_sample: size of the test sample, spread evenly over the classes.
+        demos, demo_pool: random, bm25 or knn (k per class chosen for each input, as run_preprocess.py); pool size.
+        n_anchor: also write M labeled anchors per class (never demonstrations) for --calibration hidden/knn.
     """
-    preprocess("channel", data_path, sample=sample, k=k, seed=seed, data_dir=data_dir, n_sample=n_sample)
+    preprocess("channel", data_path, sample=sample, k=k, seed=seed, data_dir=data_dir, n_sample=n_sample,
+               demos=demos, demo_pool=demo_pool, n_anchor=n_anchor)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ A calibration is built from the calibration flags and the input records (checkin
 ``prepare``-d once with the model and every direct log-prob, then ``apply``-ed to each record.
 Adding one means writing one class here and decorating it with :func:`register`; the runner, the
 fingerprint, the metrics and ``run_seeds --methods`` pick it up from :data:`CALIBRATIONS`.
-The math lives in :mod:`classification.methods`.
+The math lives in :mod:`classification.methods` (hidden, lda, knn: :mod:`classification.anchors`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
 
-from classification import methods
+from classification import anchors, methods
 from classification.errors import ClassificationError
 from classification.lm import LanguageModel
 
@@ -27,6 +27,11 @@ class CalibrationOptions:
     domain_premise: Optional[str] = None
     batch_size: Optional[int] = None
     completion_end: str = "eos"
+    n_anchor: Optional[int] = None
+    knn_k: Optional[int] = None
+    # Set by the runner, not a flag: the direct run's input/output paths and model flags (the
+    # anchor calibrations score their anchors as the direct run scored the test set).
+    direct_run: Optional[Dict[str, Any]] = None
 
 
 class Calibration:
@@ -35,6 +40,7 @@ class Calibration:
     name: ClassVar[str] = ""
     flags: ClassVar[Tuple[str, ...]] = ()  # the CalibrationOptions fields it reads (others must be None)
     needs_model: ClassVar[bool] = True
+    runtime: Any = None  # the runner's runtime, set before prepare
 
     def __init__(self, options: CalibrationOptions, records: Sequence[Record]) -> None:
         self.options = options
@@ -68,7 +74,7 @@ def calibration_class(name: str, options: CalibrationOptions) -> Type[Calibratio
     if name not in CALIBRATIONS:
         raise ClassificationError(f"--calibration {name!r} is not one of {', '.join(CALIBRATIONS)}")
     cls = CALIBRATIONS[name]
-    for flag in ("content_free", "domain_premise", "batch_size"):
+    for flag in ("content_free", "domain_premise", "batch_size", "n_anchor", "knn_k"):
         if getattr(options, flag) is not None and flag not in cls.flags:
             takers = " or ".join(n for n, c in CALIBRATIONS.items() if flag in c.flags)
             raise ClassificationError(f"--{flag} applies to --calibration {takers}, not {name}")
@@ -195,3 +201,54 @@ class BatchLogMean(Batch):
 
     name = "batch_logmean"
     average = "log_probs"
+
+
+class _Anchored(Calibration):
+    """Base of the calibrations on labeled anchors and the direct run's saved hidden states
+    (``--save_hidden``; :class:`classification.anchors.AnchorCalibration` does the work)."""
+
+    flags = ("n_anchor",)
+
+    def __init__(self, options: CalibrationOptions, records: Sequence[Record]) -> None:
+        super().__init__(options, records)
+        knn_k = anchors.DEFAULT_KNN_K if options.knn_k is None else options.knn_k
+        self.run = dict(options.direct_run or {})
+        self.anchored = anchors.AnchorCalibration(self.name, options.n_anchor, knn_k)
+        paths = self.run.pop("data_path", None), self.run.pop("direct_output_path", None)
+        if None in paths:
+            raise ClassificationError(f"--calibration {self.name} needs the direct run's input and output paths")
+        self.fingerprint = self.anchored.check(*paths, len(records))
+
+    def settings(self) -> Dict[str, Any]:
+        return dict(self.fingerprint)
+
+    def prepare(self, lm, records, direct_log_probs) -> None:
+        self.anchored.prepare(lm, self.runtime, dict(self.run, completion_end=self.options.completion_end))
+
+    def apply(self, pos, record, direct_log_probs) -> Dict[str, Any]:
+        return {"log_probs": self.anchored.apply(pos)}
+
+    def summary(self) -> Dict[str, Any]:
+        return self.anchored.summary()
+
+
+@register
+class Hidden(_Anchored):
+    """Hidden calibration (Cho et al. 2025): the nearest class centroid of the anchors' hidden states."""
+
+    name = "hidden"
+
+
+@register
+class LDA(_Anchored):
+    """The anchors' hidden states through a linear discriminant with a shrunk shared covariance."""
+
+    name = "lda"
+
+
+@register
+class KNN(_Anchored):
+    """kNN prompting (Xu et al. 2023): the ``knn_k`` anchors nearest in next-token distribution vote."""
+
+    name = "knn"
+    flags = ("n_anchor", "knn_k")

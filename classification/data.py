@@ -75,12 +75,14 @@ def preprocess(
     seed: int = 42,
     data_dir: Optional[str] = None,
     n_sample: int = 16,
+    **demos: Any,
 ) -> List[Dict[str, Any]]:
     """Build ag_news input records for ``method`` and write them to ``data_path`` (JSON list).
 
-    The ``ag_news`` preset of :func:`classification.datasets.preprocess_dataset`.
+    The ``ag_news`` preset of :func:`classification.datasets.preprocess_dataset` (``demos``: its
+    demonstration flags, e.g. ``demos="bm25"``).
     """
     return preprocess_dataset(
         preset="ag_news", method=method, data_path=data_path, k=k, seed=seed, sample=sample, n_sample=n_sample,
-        data_dir=data_dir,
+        data_dir=data_dir, **demos,
     )

@@ -215,10 +215,20 @@ def preprocess_dataset(
     sample: bool = True,
     n_sample: int = 16,
     sample_seed: Optional[int] = None,
+    demos: str = "random",
+    demo_pool: Optional[int] = None,
+    n_anchor: int = 0,
+    embedder: Optional[str] = None,
+    ckpt_dir: str = "checkpoints/smollm2/135M",
+    tokenizer_path: str = "checkpoints/smollm2/tokenizer.json",
     **source: Any,
 ) -> List[Dict[str, Any]]:
     """``run_preprocess.py``: resolve the dataset (``source``: :func:`load_dataset`'s flags), build
-    ``method`` records and write them to ``data_path``.  ``n_sample`` 0 means the whole test split."""
+    ``method`` records and write them to ``data_path``.  ``n_sample`` 0 means the whole test split.
+    ``demos``, ``demo_pool``, ``n_anchor``, ``embedder``: see :mod:`classification.retrieval`."""
+    from classification import retrieval
+
+    retrieval.check_demos(demos, demo_pool, embedder, n_anchor)
     if method not in TEMPLATE_METHODS:
         raise ClassificationError(f"--method {method!r} is not one of {', '.join(TEMPLATE_METHODS)}")
     if preset is not None:
@@ -232,8 +242,13 @@ def preprocess_dataset(
     path = data_path or f"samples/inputs_{method}_{name}.json"
     check_output_path(path, "--data_path")
     dataset = load_dataset(preset=preset, **source)
-    records = make_records(dataset, method, template, k=k, seed=seed, sample=sample, n_sample=n_sample,
-                           sample_seed=sample_seed)
+    embed, tag = retrieval.embedder_for(embedder, ckpt_dir, tokenizer_path) if demos == "knn" else (None, "")
+    records, anchors = retrieval.build_records(
+        dataset, method, template, k, seed, sample, n_sample, sample_seed, demos, demo_pool, n_anchor, embed,
+        Path(path).parent / f"embeddings.{tag}.npz")
     write_json_atomic(path, records, indent=2)
+    if anchors:
+        write_json_atomic(retrieval.anchors_path(path), anchors, indent=2)
+        print(f"Wrote {len(anchors)} anchor records ({n_anchor} per class) to {retrieval.anchors_path(path)}")
     print(f"Wrote {len(records)} {method} records of {dataset.name} ({k} demonstration(s) per class) to {path}")
     return records

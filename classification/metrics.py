@@ -9,10 +9,14 @@ words, p = softmax(log_probs): confidence = max p, correct = (argmax p is the tr
 with ``n_bins`` equal-width confidence bins B_1..B_M over [0, 1],
 ``ECE = sum_m |B_m| / n * |accuracy(B_m) - mean confidence(B_m)|``.  Methods without label
 probabilities (generate) have ``ece`` None.
+
+``accuracy_ci95`` is the 95 % Wilson score interval of the accuracy (k correct of n):
+``(p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)`` with p = k/n and z = 1.959964.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence
 
 from classification.methods import softmax
@@ -44,6 +48,20 @@ def confusion_matrix(
     return matrix
 
 
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> List[float]:
+    """[low, high] Wilson score interval of a proportion ``correct / n`` ([0, 1] when n is 0)."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # At 0 or n correct one end is exactly 0 or 1 (rounding would move it by an ulp).
+    return [0.0 if correct == 0 else centre - half, 1.0 if correct == n else centre + half]
+
+
 def classification_metrics(
     ground_truth: Sequence[str], predictions: Sequence[str], labels: Sequence[str], none_column: bool = False
 ) -> Dict[str, Any]:
@@ -67,6 +85,7 @@ def classification_metrics(
     return {
         "n": n,
         "accuracy": correct / n if n else 0.0,
+        "accuracy_ci95": wilson_interval(correct, n),
         "macro_f1": sum(c["f1"] for c in per_class.values()) / len(labels) if labels else 0.0,
         "per_class": per_class,
         "confusion_matrix": {"rows": list(labels), "columns": columns, "matrix": matrix},

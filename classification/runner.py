@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from classification import methods
+from classification import hidden, methods
 from classification.calibrations import Calibration, CalibrationOptions, calibration_class
 from classification.errors import ClassificationError
 from classification.fileio import check_output_path, file_sha256
@@ -163,8 +163,10 @@ def make_scorer(
     calibration: Optional[Calibration] = None,
     direct_outputs: Sequence[Dict[str, Any]] = (),
     generation: Optional[Dict[str, Any]] = None,
+    save_hidden: bool = False,
 ) -> Callable[[List[int]], List[Result]]:
-    """positions -> results for ``method`` (calibrations are prepared here, once)."""
+    """positions -> results for ``method`` (calibrations are prepared here, once); ``save_hidden``:
+    each result also carries its label-predicting hidden state (:func:`classification.hidden.attach_hidden`)."""
     label_words: List[str] = records[0]["label_words"]
     if calibration is not None:
         direct_lp = [o["log_probs"] for o in direct_outputs]
@@ -183,7 +185,15 @@ def make_scorer(
     if method == "generate":
         return lambda positions: methods.generate(lm, [records[p] for p in positions], **(generation or {}))
     score_fn = getattr(methods, method)
-    return lambda positions: score_fn(lm, [records[p] for p in positions], completion_end)
+
+    def scored(positions: List[int]) -> List[Result]:
+        chunk = [records[p] for p in positions]
+        results = score_fn(lm, chunk, completion_end)
+        if save_hidden:
+            hidden.attach_hidden(lm, chunk, results, completion_end)
+        return results
+
+    return scored
 
 
 def check_finite(
@@ -339,6 +349,9 @@ def evaluate(
     runtime: Optional[Any] = None,
     reuse: bool = False,
     model_parallel_size: Optional[int] = None,
+    save_hidden: bool = False,
+    n_anchor: Optional[int] = None,
+    knn_k: Optional[int] = None,
 ) -> Optional[Dict[str, Any]]:
     """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
 
@@ -350,15 +363,23 @@ def evaluate(
     the main rank, None elsewhere.  ``check_model``: stop when the model predicts the shared
     demonstration prefix hardly better than uniform (:func:`check_model_fits`).
     ``verify_checkpoint``: check Meta's ``checklist.chk`` (None: when the checkpoint has one).
+    ``save_hidden`` (direct): also write each record's label-predicting hidden state to
+    ``<output stem>.hidden.npy`` (:mod:`classification.hidden`), which the anchor calibrations
+    (hidden, lda, knn; ``n_anchor``, ``knn_k``: :mod:`classification.anchors`) read.
     """
     start = time.time()
     _check_flags(
         method, scoring, completion_end, max_seq_len, max_batch_size, max_gen_len, temperature, top_p, chunk_size
     )
-    options = CalibrationOptions(content_free, domain_premise, batch_size, completion_end)
+    direct_run = dict(data_path=data_path, direct_output_path=direct_output_path, ckpt_dir=ckpt_dir,
+                      tokenizer_path=tokenizer_path, max_seq_len=max_seq_len, max_batch_size=max_batch_size,
+                      dtype=dtype, device=device, scoring=scoring, quantize=quantize, chunk_size=chunk_size)
+    options = CalibrationOptions(content_free, domain_premise, batch_size, completion_end, n_anchor, knn_k, direct_run)
     calibration_cls = calibration_class(calibration, options) if method == "calibrate" else None
     if quantize not in QUANTIZE_MODES:
         raise ClassificationError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE_MODES)}")
+    if save_hidden and method != "direct":
+        raise ClassificationError(f"--save_hidden applies to the direct method, not {method}")
     records = load_records(data_path, method)
     calibrator: Optional[Calibration] = None
     direct_outputs: List[Dict[str, Any]] = []
@@ -369,9 +390,9 @@ def evaluate(
                 f"calibration {calibration} needs --direct_output_path (the output of run_evaluate_direct_llama.py "
                 "on --direct_input_path)"
             )
-        calibrator = calibration_cls(options, records)
         direct_outputs = load_direct_outputs(direct_output_path, records)
         _check_direct_run(direct_output_path, data_path, completion_end)
+        calibrator = calibration_cls(options, records)
         inputs.append(direct_output_path)
     check_output_path(output_path, inputs=inputs)
 
@@ -388,6 +409,8 @@ def evaluate(
         settings.update(generation)
     else:
         settings["completion_end"] = completion_end
+    if save_hidden:
+        settings["save_hidden"] = True
 
     def fingerprint_of(settings: Dict[str, Any]) -> Dict[str, Any]:
         fingerprint = {**settings, "data_sha256": file_sha256(data_path)}
@@ -402,7 +425,7 @@ def evaluate(
     fingerprint = fingerprint_of(settings)
     if reuse:
         done = finished(output_path, fingerprint)
-        if done is not None:
+        if done is not None and (not save_hidden or Path(hidden.hidden_path(output_path)).is_file()):
             if runtime is None or runtime.is_main:
                 print(f"Up to date: {output_path} (accuracy {done['accuracy']:.4f})")
             return done if runtime is None or runtime.is_main else None
@@ -423,7 +446,9 @@ def evaluate(
     runtime = runtime if runtime is not None else LocalRuntime()
     prefix_nll = check_model_fits(lm, records, method, check_model)
 
-    score = make_scorer(method, lm, records, completion_end, calibrator, direct_outputs, generation)
+    if calibrator is not None:
+        calibrator.runtime = runtime
+    score = make_scorer(method, lm, records, completion_end, calibrator, direct_outputs, generation, save_hidden)
     score = check_finite(score, records, settings.get("dtype"))
     # Longest texts first (even batches, early failure on memory); ties in record order.
     order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
@@ -441,6 +466,9 @@ def evaluate(
         )
         if calibrator is not None:
             settings.update(calibration=calibration, direct_output_path=direct_output_path, **calibrator.summary())
+        if save_hidden:
+            hidden.save_hidden(hidden.hidden_path(output_path), [results[p] for p in range(len(records))])
+            settings["hidden_path"] = hidden.hidden_path(output_path)
         metrics = compute_metrics(records, outputs, method, settings)
         metrics["wall_time_s"] = round(time.time() - start, 3)
         metrics["fingerprint"] = fingerprint

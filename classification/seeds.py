@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from classification import runner
+from classification import anchors, runner
 from classification.cli import as_list
 from classification.datasets import Dataset, load_dataset, make_records
 from classification.presets import PRESETS
@@ -31,8 +31,9 @@ from classification.table import method_label
 from classification.templates import parse_template, unescape_cli
 
 ALL_METHODS = ("direct",) + tuple(CALIBRATIONS) + ("channel", "generate")
-# The default --methods: every method but the variants kept for comparison.
-SEED_METHODS = tuple(m for m in ALL_METHODS if m != "batch_logmean")
+# The default --methods: every method but the variants kept for comparison and the calibrations
+# on anchors (they need hidden states and anchor records that the seeds command does not write).
+SEED_METHODS = tuple(m for m in ALL_METHODS if m not in ("batch_logmean",) + anchors.NAMES)
 SPEC_KEYS = ("preset", "data_dir", "train", "test", "hub", "text_column", "label_column", "label_words",
              "test_size", "split_seed", "name", "templates", "instruction")
 SUMMARY_METRICS = ("accuracy", "macro_f1", "ece")

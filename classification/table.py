@@ -1,4 +1,4 @@
-"""A results table (method, n, accuracy, macro-F1, time) from ``*.metrics.json`` files.
+"""A results table (method, n, accuracy with its 95 % Wilson interval, macro-F1, time) from ``*.metrics.json`` files.
 
     python -m classification.table samples/outputs_*_ag_news.metrics.json
 """
@@ -48,11 +48,13 @@ def load_metrics(paths: Sequence[str]) -> List[Dict[str, Any]]:
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
     """A Markdown table, one row per metrics dict."""
-    lines = ["| method | n | accuracy | macro-F1 | time (s) |", "|---|---:|---:|---:|---:|"]
+    lines = ["| method | n | accuracy | 95% CI | macro-F1 | time (s) |", "|---|---:|---:|---|---:|---:|"]
     for m in rows:
         time_s: Optional[float] = m.get("wall_time_s")
+        ci = m.get("accuracy_ci95")
         lines.append(
             f"| {method_label(m)} | {m.get('n', '?')} | {m['accuracy']:.4f} | "
+            f"{'-' if not ci else f'{ci[0]:.3f}-{ci[1]:.3f}'} | "
             f"{m.get('macro_f1', float('nan')):.4f} | {'-' if time_s is None else f'{time_s:.1f}'} |"
         )
     return "\n".join(lines)

@@ -5,13 +5,20 @@ FakeLM scores a continuation by its overlap with the context's last two lines:
             - 0.5 (when append_eos) - 0.1 (when the continuation ends with a newline)
 so "Article: a sports match\\nCategory:" + " Sports" beats the other labels (direct), and
 "Category: Sports\\nArticle:" + " a sports match" beats the other label prompts (channel).
+
+Its hidden states (classification.hidden) are as simple: at a context's last token, the counts
+of the four topic words in those two lines and the number of words there; a text's embedding is
+its bag of words hashed (crc32) into 64 buckets; next-token log-probs are log-softmax([2h, 0]).
 """
 
 from __future__ import annotations
 
 import threading
+import zlib
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from classification.sampling import Example
 
@@ -102,6 +109,25 @@ class FakeLM:
         for r in requests:
             self.requests[r] += 1
         return [self.score(c, x) for c, x in requests]
+
+    def context_hidden(self, contexts: Sequence[str]) -> np.ndarray:
+        rows = []
+        for c in contexts:
+            window = [norm(w) for line in c.split("\n")[-2:] for w in line.split()]
+            rows.append([window.count(t) for t in TOPICS] + [len(window) / 10])
+        return np.array(rows, dtype=np.float32).reshape(len(contexts), len(TOPICS) + 1)
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.split():
+                out[i, zlib.crc32(norm(w).encode()) % 64] += 1
+        return out
+
+    def next_token_log_probs(self, hidden: np.ndarray) -> np.ndarray:
+        logits = np.concatenate([2 * hidden, np.zeros((len(hidden), 1))], axis=1)
+        logits -= logits.max(axis=1, keepdims=True)
+        return (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).astype(np.float32)
 
     def default_generation(self, context: str) -> str:
         last_article = [line for line in context.split("\n") if line.startswith("Article:")][-1]

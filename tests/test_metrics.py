@@ -1,6 +1,8 @@
 import pytest
 
-from classification.metrics import classification_metrics, confusion_matrix
+import math
+
+from classification.metrics import Z95, classification_metrics, confusion_matrix, wilson_interval
 
 LABELS = ["A", "B", "C"]
 TRUE = ["A", "A", "A", "B", "B", "C"]
@@ -45,3 +47,21 @@ def test_bad_ground_truth_and_lengths():
         confusion_matrix(["D"], ["A"], LABELS)
     with pytest.raises(ValueError):
         confusion_matrix(["A"], [], LABELS)
+
+
+@pytest.mark.parametrize("correct,n", [(0, 10), (3, 10), (81, 100), (255, 300), (300, 300)])
+def test_wilson_interval_inverts_the_score_test(correct, n):
+    """Its ends are the proportions p whose score test is exactly at z: |k/n - p| = z sqrt(p(1-p)/n)."""
+    lo, hi = wilson_interval(correct, n)
+    phat = correct / n
+    for p in (lo, hi):
+        if 1e-9 < p < 1 - 1e-9:
+            assert abs(phat - p) == pytest.approx(Z95 * math.sqrt(p * (1 - p) / n), abs=1e-12)
+    assert lo <= phat <= hi and (lo == 0) == (correct == 0) and (hi == 1) == (correct == n)
+    # Rounded values from the literature (Newcombe 1998, table I: 81/263 -> 0.2553-0.3662).
+    assert wilson_interval(81, 263) == pytest.approx([0.2553, 0.3662], abs=1e-4)
+
+
+def test_metrics_carry_the_accuracy_interval():
+    m = classification_metrics(["a", "b", "a", "b"], ["a", "b", "b", "b"], ["a", "b"])
+    assert m["accuracy_ci95"] == wilson_interval(3, 4)

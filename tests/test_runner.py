@@ -261,8 +261,10 @@ def test_results_table(tmp_path, capsys):
     paths = [str(tmp_path / "g.metrics.json"), str(tmp_path / "d.metrics.json")]
     table = format_table(load_metrics(paths))
     lines = table.splitlines()
-    assert lines[0].startswith("| method | n | accuracy | macro-F1 |")
-    assert lines[2].startswith("| direct | 24 | 1.0000 | 1.0000 |") and lines[3].startswith("| generate | 24 | 0.7500 |")
+    assert lines[0].startswith("| method | n | accuracy | 95% CI | macro-F1 |")
+    # 24 of 24 right: the Wilson interval's low end is 1 / (1 + z^2/24) = 0.862.
+    assert lines[2].startswith("| direct | 24 | 1.0000 | 0.862-1.000 | 1.0000 |")
+    assert lines[3].startswith("| generate | 24 | 0.7500 |")
     assert table_main(paths) == 0 and table in capsys.readouterr().out
     assert table_main([str(tmp_path / "missing.json")]) == 2
 

@@ -1,0 +1,75 @@
+"""Retrieved demonstrations: record-building time (bm25, knn embeddings) and fast vs naive scoring.
+
+    python benchmarks/bench_retrieval.py --n_test 0 --n_embed 512 --n_score 16
+
+1. BM25 records for ``n_test`` ag_news test examples (0: all 7,600) against the whole train
+   split (5,590 examples), k per class: index build + retrieval + prompts, wall time.
+2. kNN embeddings with the default embedder (the scoring model, mean-pooled hidden states) for
+   ``n_embed`` training texts: texts/s, and the time extrapolated to train + test.
+3. ``n_score`` of those bm25 records scored with ``--scoring naive`` and fast: examples/s,
+   speed-up, largest log-prob difference, identical predictions.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import fire
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from classification import methods  # noqa: E402
+from classification.datasets import load_dataset  # noqa: E402
+from classification.hidden import text_embeddings  # noqa: E402
+from classification.retrieval import build_records  # noqa: E402
+from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, load_model  # noqa: E402
+from classification.scoring import LlamaLM  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news"
+
+
+def main(data_dir: str = str(DEFAULT_DATA), k: int = 1, n_test: int = 0, n_embed: int = 512, n_score: int = 16,
+         ckpt_dir: str = DEFAULT_CKPT_DIR, tokenizer_path: str = DEFAULT_TOKENIZER_PATH) -> None:
+    """Time bm25 record building, knn embedding and naive vs fast scoring of retrieved prompts.
+
+    Args:
+        data_dir: the ag_news folder (train.csv, test.csv).
+        k: demonstrations per class.
+        n_test: test examples to build bm25 records for (0: all 7,600).
+        n_embed: training texts embedded to measure the embedding rate (0: skip).
+        n_score: bm25 records scored naive and fast (0: skip).
+        ckpt_dir, tokenizer_path: the scoring model (and default embedder).
+    """
+    data = load_dataset(preset="ag_news", data_dir=data_dir)
+    start = time.time()
+    records, _ = build_records(data, "direct", None, k, 1, bool(n_test), n_test or 16, 0, "bm25")
+    print(f"bm25 records: {len(records)} test examples x {len(data.train)} train, k={k}: "
+          f"{time.time() - start:.1f} s")
+    if not (n_embed or n_score):
+        return
+    lm, _ = load_model(ckpt_dir, tokenizer_path, 2048, 16, None, None, "fast", True)
+    if n_embed:
+        start = time.time()
+        text_embeddings(lm, [ex.text for ex in data.train[:n_embed]])
+        rate = n_embed / (time.time() - start)
+        total = len(data.train) + len(data.test)
+        print(f"knn embeddings: {rate:.1f} texts/s; train + test ({total}) would take {total / rate / 60:.1f} min")
+    if n_score:
+        chosen = records[:n_score]
+        naive = LlamaLM(lm.model, lm.tokenizer, lm.max_batch_size, True, "naive")
+        times, scores = {}, {}
+        for name, model in (("naive", naive), ("fast", lm)):
+            start = time.time()
+            scores[name] = methods.direct(model, chosen)
+            times[name] = time.time() - start
+        diff = max(abs(a - b) for x, y in zip(scores["naive"], scores["fast"])
+                   for a, b in zip(x["log_probs"], y["log_probs"]))
+        same = all(x["prediction"] == y["prediction"] for x, y in zip(scores["naive"], scores["fast"]))
+        print(f"direct, {n_score} bm25 records: naive {n_score / times['naive']:.2f} ex/s, fast "
+              f"{n_score / times['fast']:.2f} ex/s, speed-up {times['naive'] / times['fast']:.1f}x, "
+              f"max abs diff {diff:.2e}, same predictions {same}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

@@ -1,0 +1,211 @@
+"""Classifiers from the direct pass: hidden-state and kNN calibration on labeled anchors.
+
+Both re-classify a direct run from what it saved with ``--save_hidden`` (the final hidden state at
+the position that predicts the label, :mod:`classification.hidden`) and the same states of
+*anchors*: m labeled training examples per class, never demonstrations, written by the
+preprocess scripts with ``--n_anchor`` (``<inputs stem>.anchors.json``, the test set's prompt).
+The anchors are scored once by an ordinary direct run (``<direct output stem>.anchors.json`` +
+its ``.hidden.npy``), so they are cached and resumable like any run.
+
+- ``hidden`` -- Hidden Calibration (Cho et al., NAACL 2025): the centroid of each class's anchor
+  states; the prediction is the nearest centroid (Euclidean).  ``log_probs`` = log-softmax of
+  minus the distances.
+- ``lda`` -- the same states through a linear discriminant (not in the papers; tried here because
+  nearest centroids ignore that some directions of the hidden space vary much more than others):
+  class means, the pooled within-class covariance S shrunk to S + λ·(tr S / dim)·I, equal priors;
+  λ from :data:`SHRINKAGES` by 4-fold cross-validation on the anchors (no test labels; ties to the
+  larger λ, and λ → ∞ is the nearest centroid).  ``log_probs`` = the discriminant's log-softmax.
+- ``knn`` -- kNN prompting (Xu et al., ICLR 2023): the anchors' next-token distributions over the
+  whole vocabulary (output head + log-softmax of the saved states) are the datastore; the
+  distance of a test distribution q to an anchor's p is their code's
+  ``mean_v p_v (log p_v - log q_v)`` (KL(p || q) / |V|); the ``knn_k`` nearest anchors vote, ties
+  to the first label.  ``log_probs`` = log of the Laplace-smoothed vote shares,
+  (votes + 1) / (knn_k + C).
+
+:class:`AnchorCalibration` is what the registered calibrations of :mod:`classification.calibrations`
+call: ``check`` (one-line errors before any model is loaded), ``prepare`` (score the anchors, fit)
+and ``apply`` (one record's log-probs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from classification.errors import ClassificationError
+from classification.fileio import file_sha256
+from classification.hidden import hidden_path, load_hidden, next_token_log_probs
+from classification.records import load_records
+from classification.retrieval import anchors_path
+
+NAMES = ("hidden", "lda", "knn")  # registered in classification.calibrations
+SHRINKAGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+DEFAULT_KNN_K = 3
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+class NearestCentroid:
+    """Class centroids of anchor vectors; scores = minus the Euclidean distance to each centroid."""
+
+    def fit(self, x: np.ndarray, y: np.ndarray, n_classes: int) -> "NearestCentroid":
+        self.centroids = np.stack([x[y == c].mean(axis=0) for c in range(n_classes)])  # (C, dim)
+        return self
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        d2 = (x * x).sum(1)[:, None] - 2 * x @ self.centroids.T + (self.centroids**2).sum(1)[None, :]  # (n, C)
+        return -np.sqrt(np.maximum(d2, 0.0))
+
+
+class ShrinkageLDA:
+    """Linear discriminant with a shrunk shared covariance; the shrinkage by cross-validation on the anchors."""
+
+    def __init__(self, shrinkages: Sequence[float] = SHRINKAGES, folds: int = 4) -> None:
+        self.shrinkages, self.folds = tuple(shrinkages), folds
+
+    @staticmethod
+    def _fit(x: np.ndarray, y: np.ndarray, n_classes: int, lam: float) -> Tuple[np.ndarray, np.ndarray]:
+        means = np.stack([x[y == c].mean(axis=0) for c in range(n_classes)])  # (C, dim)
+        resid = x - means[y]
+        cov = resid.T @ resid / len(x)  # (dim, dim), pooled within-class
+        return means, np.linalg.inv(cov + lam * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0]))
+
+    @staticmethod
+    def _scores(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+        # -(x - m)' P (x - m) / 2 without the term every class shares: x' P m - m' P m / 2.
+        pm = means @ precision  # (C, dim)
+        return x @ pm.T - 0.5 * (pm * means).sum(1)[None, :]
+
+    def cv_accuracy(self, x: np.ndarray, y: np.ndarray, n_classes: int, lam: float) -> float:
+        """Accuracy over ``folds`` folds of the anchors (fold = position modulo folds)."""
+        fold = np.arange(len(x)) % self.folds
+        right = 0
+        for f in range(self.folds):
+            train = fold != f
+            right += int((self._scores(x[~train], *self._fit(x[train], y[train], n_classes, lam)).argmax(1)
+                          == y[~train]).sum())
+        return right / len(x)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, n_classes: int) -> "ShrinkageLDA":
+        x = x.astype(np.float64)
+        if np.bincount(y, minlength=n_classes).min() >= 2 * self.folds:
+            self.shrinkage = max(self.shrinkages, key=lambda lam: (self.cv_accuracy(x, y, n_classes, lam), lam))
+        else:  # too few anchors to cross-validate: the strongest shrinkage
+            self.shrinkage = max(self.shrinkages)
+        self.means, self.precision = self._fit(x, y, n_classes, self.shrinkage)
+        return self
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return self._scores(x.astype(np.float64), self.means, self.precision)
+
+
+class KnnVote:
+    """kNN prompting: the ``k`` anchors nearest in KL(anchor || test) / |V| vote (Laplace-smoothed shares)."""
+
+    def __init__(self, k: int = DEFAULT_KNN_K) -> None:
+        self.k = k
+
+    def fit(self, log_p: np.ndarray, y: np.ndarray, n_classes: int) -> "KnnVote":
+        self.log_p, self.y, self.n_classes = log_p.astype(np.float64), y, n_classes
+        self.p = np.exp(self.log_p)
+        self.neg_entropy = (self.p * self.log_p).sum(1)  # (m,)
+        return self
+
+    def distances(self, log_q: np.ndarray) -> np.ndarray:
+        """(n, m): mean over the vocabulary of p_a (log p_a - log q), as a matmul."""
+        cross = log_q.astype(np.float64) @ self.p.T  # (n, m): sum_v p_a log q
+        return (self.neg_entropy[None, :] - cross) / self.p.shape[1]
+
+    def scores(self, log_q: np.ndarray) -> np.ndarray:
+        d = self.distances(log_q)
+        m = d.shape[1]
+        nearest = np.argsort(d, axis=1, kind="stable")[:, : min(self.k, m)]  # (n, k)
+        votes = np.zeros((len(d), self.n_classes))
+        for c in range(self.n_classes):
+            votes[:, c] = (self.y[nearest] == c).sum(1)
+        return np.log((votes + 1) / (votes.shape[1] + min(self.k, m)))
+
+
+class AnchorCalibration:
+    """The work of ``--calibration hidden|lda|knn`` (:mod:`classification.calibrations`): check, prepare, apply."""
+
+    def __init__(self, name: str, n_anchor: Optional[int] = None, knn_k: int = DEFAULT_KNN_K) -> None:
+        if name not in NAMES:
+            raise ClassificationError(f"anchor calibration {name!r} is not one of {', '.join(NAMES)}")
+        for flag, value in (("--n_anchor", n_anchor), ("--knn_k", knn_k)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ClassificationError(f"{flag} must be a positive integer, got {value!r}")
+        self.name, self.n_anchor, self.knn_k = name, n_anchor, knn_k
+        self.log_probs: np.ndarray = np.zeros((0, 0))
+
+    def check(self, direct_input_path: str, direct_output_path: str, n: int) -> Dict[str, Any]:
+        """One-line errors for missing anchors or hidden states; the fingerprint entries."""
+        self.test_hidden_path = hidden_path(direct_output_path)
+        self.test_hidden = load_hidden(
+            self.test_hidden_path, n, f"--direct_output_path {direct_output_path}",
+            "rerun run_evaluate_direct_llama.py with --save_hidden",
+        )
+        self.anchor_inputs = anchors_path(direct_input_path)
+        if not Path(self.anchor_inputs).is_file():
+            raise ClassificationError(
+                f"--calibration {self.name} needs anchor records {self.anchor_inputs}; preprocess with --n_anchor M "
+                "(M labeled training examples per class)"
+            )
+        self.anchor_outputs = str(Path(direct_output_path).with_suffix(".anchors.json"))
+        self.anchor_records = load_records(self.anchor_inputs, "direct")
+        words = self.anchor_records[0]["label_words"]
+        labels = np.array([words.index(r["ground_truth"]) for r in self.anchor_records])
+        counts = np.bincount(labels, minlength=len(words))
+        if self.n_anchor is not None and self.n_anchor > counts.min():
+            raise ClassificationError(
+                f"--n_anchor {self.n_anchor} is more than the {counts.min()} anchors per class in {self.anchor_inputs}"
+            )
+        # The first n_anchor anchors of each class, in file order.
+        rank = np.array([(labels[: i + 1] == labels[i]).sum() for i in range(len(labels))])
+        self.keep = np.nonzero(rank <= (self.n_anchor or counts.max()))[0]
+        self.labels, self.n_classes = labels[self.keep], len(words)
+        out: Dict[str, Any] = {"anchors_sha256": file_sha256(self.anchor_inputs), "n_anchor": self.n_anchor}
+        if self.name == "knn":
+            out["knn_k"] = self.knn_k
+        return out
+
+    def prepare(self, lm: Any, runtime: Any, direct_settings: Dict[str, Any]) -> None:
+        """Score the anchors (a cached direct run with --save_hidden), then fit on them."""
+        from classification.runner import evaluate
+
+        anchor_hidden = hidden_path(self.anchor_outputs)
+        # The direct run checked the model already.
+        evaluate("direct", self.anchor_inputs, self.anchor_outputs, lm=lm, runtime=runtime, save_hidden=True,
+                 check_model=False, reuse=Path(anchor_hidden).is_file(), **direct_settings)
+        runtime.barrier()
+        states = load_hidden(anchor_hidden, len(self.anchor_records), f"anchors {self.anchor_outputs}",
+                             "delete it to score the anchors again")[self.keep]
+        if self.name in ("hidden", "lda"):
+            model = NearestCentroid() if self.name == "hidden" else ShrinkageLDA()
+            self.fitted = model.fit(states, self.labels, self.n_classes)
+            self.log_probs = _log_softmax(self.fitted.scores(self.test_hidden))
+        else:
+            knn = KnnVote(self.knn_k).fit(next_token_log_probs(lm, states), self.labels, self.n_classes)
+            # Chunks: a (rows, vocab) distribution per test record is large for a whole test split.
+            parts = [knn.scores(next_token_log_probs(lm, self.test_hidden[i : i + 256]))
+                     for i in range(0, len(self.test_hidden), 256)]
+            self.log_probs = _log_softmax(np.concatenate(parts))
+
+    def apply(self, pos: int) -> List[float]:
+        """Normalized label log-probs of record ``pos``."""
+        return [float(x) for x in self.log_probs[pos]]
+
+    def summary(self) -> Dict[str, Any]:
+        out = {"n_anchor": int(np.bincount(self.labels).min()), "anchor_path": self.anchor_inputs,
+               "hidden_path": self.test_hidden_path}
+        if self.name == "lda":
+            out["lda_shrinkage"] = self.fitted.shrinkage
+        if self.name == "knn":
+            out["knn_k"] = self.knn_k
+        return out
+

@@ -1,0 +1,164 @@
+"""Hidden and kNN calibration: the math against numpy loops, and the runner end to end with the fake model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from classification import retrieval
+from classification.anchors import SHRINKAGES, KnnVote, NearestCentroid, ShrinkageLDA
+from classification.datasets import Dataset, get_preset
+from classification.errors import ClassificationError
+from classification.runner import evaluate
+from classification.templates import fill
+from classification_fakes import FakeLM, run_ranks, synthetic_splits
+
+
+def test_nearest_centroid_against_loops():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 6)), np.arange(30) % 3
+    test = rng.normal(size=(9, 6))
+    got = NearestCentroid().fit(x, y, 3).scores(test)
+    for i, t in enumerate(test):
+        for c in range(3):
+            centroid = sum(x[j] for j in range(30) if y[j] == c) / 10
+            assert got[i, c] == pytest.approx(-np.linalg.norm(t - centroid), abs=1e-9)
+
+
+def test_shrinkage_lda_against_loops():
+    rng = np.random.default_rng(2)
+    y = np.arange(36) % 3
+    x = rng.normal(size=(36, 5)) * [5, 1, 1, 0.2, 0.2] + np.eye(3, 5)[y] * 1.5  # one noisy direction
+    test = rng.normal(size=(10, 5)) * [5, 1, 1, 0.2, 0.2]
+
+    def fit(xs, ys, lam):
+        means = [sum(xs[i] for i in range(len(xs)) if ys[i] == c) / (ys == c).sum() for c in range(3)]
+        cov = sum(np.outer(xs[i] - means[ys[i]], xs[i] - means[ys[i]]) for i in range(len(xs))) / len(xs)
+        return means, np.linalg.inv(cov + lam * np.trace(cov) / 5 * np.eye(5))
+
+    def mahalanobis(t, means, prec):
+        return [(t - m) @ prec @ (t - m) for m in means]
+
+    def cv(lam):
+        right = 0
+        for f in range(4):
+            held = [i for i in range(36) if i % 4 == f]
+            kept = [i for i in range(36) if i % 4 != f]
+            means, prec = fit(x[kept], y[kept], lam)
+            right += sum(int(np.argmin(mahalanobis(x[i], means, prec))) == y[i] for i in held)
+        return right / 36
+
+    lda = ShrinkageLDA().fit(x, y, 3)
+    assert lda.shrinkage == max(SHRINKAGES, key=lambda lam: (cv(lam), lam))
+    means, prec = fit(x, y, lda.shrinkage)
+    for t, got in zip(test, lda.scores(test)):
+        d = mahalanobis(t, means, prec)
+        assert got - got[0] == pytest.approx([-(dc - d[0]) / 2 for dc in d], abs=1e-9)
+
+
+def test_knn_vote_against_loops():
+    rng = np.random.default_rng(1)
+
+    def log_dists(n):
+        z = rng.normal(size=(n, 50)) * 2
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    anchors, y, tests = log_dists(12), np.arange(12) % 3, log_dists(7)
+    knn = KnnVote(k=5).fit(anchors, y, 3)
+    got = knn.scores(tests)
+    for i, q in enumerate(tests):
+        d = [np.mean(np.exp(a) * (a - q)) for a in anchors]  # KL(anchor || test) / |V|
+        assert knn.distances(tests)[i] == pytest.approx(d, abs=1e-12)
+        nearest = sorted(range(12), key=lambda j: d[j])[:5]
+        votes = [sum(y[j] == c for j in nearest) for c in range(3)]
+        assert list(np.exp(got[i]) * (5 + 3)) == pytest.approx([v + 1 for v in votes])
+        assert int(np.argmax(got[i])) == votes.index(max(votes))
+
+
+def write_inputs(tmp_path, n_anchor=3):
+    train, test = synthetic_splits(8, 3)
+    p = get_preset("ag_news")
+    data = Dataset("ag_news", train, test, list(p.label_words), dict(p.templates), p.instruction)
+    records, anchors = retrieval.build_records(data, "direct", None, 1, 1, True, 12, 0, n_anchor=n_anchor)
+    inputs = tmp_path / "in.json"
+    inputs.write_text(json.dumps(records))
+    if anchors:
+        (tmp_path / "in.anchors.json").write_text(json.dumps(anchors))
+    return records, anchors, str(inputs)
+
+
+def contexts(records):
+    return [fill(r["prompt"], text=r["text"]) for r in records]
+
+
+def test_saved_hidden_states_single_and_data_parallel(tmp_path):
+    records, _, inputs = write_inputs(tmp_path)
+    evaluate("direct", inputs, str(tmp_path / "one.json"), lm=FakeLM(), save_hidden=True)
+    run_ranks(2, lambda rt: evaluate("direct", inputs, str(tmp_path / "two.json"), lm=FakeLM(), runtime=rt,
+                                     save_hidden=True, chunk_size=2))
+    one, two = np.load(tmp_path / "one.hidden.npy"), np.load(tmp_path / "two.hidden.npy")
+    assert one.dtype == np.float16 and one.shape == (12, 5)
+    np.testing.assert_array_equal(one, FakeLM().context_hidden(contexts(records)).astype(np.float16))
+    np.testing.assert_array_equal(one, two)  # every rank's rows gathered in record order
+    metrics = json.loads((tmp_path / "one.metrics.json").read_text())
+    assert metrics["fingerprint"]["save_hidden"] is True and metrics["hidden_path"].endswith("one.hidden.npy")
+
+
+@pytest.mark.parametrize("calibration", ["hidden", "lda", "knn"])
+def test_anchor_calibrations_predict_as_the_reference(tmp_path, calibration):
+    records, anchors, inputs = write_inputs(tmp_path)
+    direct = str(tmp_path / "out.json")
+    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
+    fake = FakeLM()
+    evaluate("calibrate", inputs, str(tmp_path / "cal.json"), direct_output_path=direct, calibration=calibration,
+             lm=fake, **({"knn_k": 2} if calibration == "knn" else {}))  # --knn_k is knn's flag alone
+    words = records[0]["label_words"]
+    test_h = fake.context_hidden(contexts(records)).astype(np.float16).astype(np.float64)
+    anchor_h = fake.context_hidden(contexts(anchors)).astype(np.float16).astype(np.float64)
+    y = np.array([words.index(a["ground_truth"]) for a in anchors])
+    want = []
+    for h in test_h:
+        if calibration == "hidden":
+            d = [np.linalg.norm(h - anchor_h[y == c].mean(0)) for c in range(4)]
+            want.append(words[int(np.argmin(d))])
+        elif calibration == "lda":
+            lda = ShrinkageLDA().fit(anchor_h, y, 4)
+            d = [(h - m) @ lda.precision @ (h - m) for m in lda.means]
+            want.append(words[int(np.argmin(d))])
+        else:
+            lq, la = fake.next_token_log_probs(h[None])[0], fake.next_token_log_probs(anchor_h)
+            d = [np.mean(np.exp(a) * (a - lq)) for a in la]
+            nearest = np.argsort(d, kind="stable")[:2]
+            votes = [int((y[nearest] == c).sum()) for c in range(4)]
+            want.append(words[votes.index(max(votes))])
+    out = json.loads((tmp_path / "cal.json").read_text())
+    assert [o["prediction"] for o in out] == want
+    metrics = json.loads((tmp_path / "cal.metrics.json").read_text())
+    assert metrics["calibration"] == calibration and metrics["n_anchor"] == 3
+    assert (tmp_path / "out.anchors.hidden.npy").is_file()  # anchors scored once, cached beside the output
+    # The fake model classifies these texts by their topic word, and so do the anchors.
+    assert metrics["accuracy"] == 1.0
+
+
+def test_anchor_calibration_bad_input_is_one_line(tmp_path):
+    _, _, inputs = write_inputs(tmp_path)
+    direct = str(tmp_path / "out.json")
+    evaluate("direct", inputs, direct, lm=FakeLM())
+    with pytest.raises(ClassificationError, match=r"has no saved hidden states .* --save_hidden$"):
+        evaluate("calibrate", inputs, str(tmp_path / "c.json"), direct_output_path=direct, calibration="hidden",
+                 lm=FakeLM())
+    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
+    with pytest.raises(ClassificationError, match="--n_anchor 4 is more than the 3 anchors per class"):
+        evaluate("calibrate", inputs, str(tmp_path / "c.json"), direct_output_path=direct, calibration="knn",
+                 lm=FakeLM(), n_anchor=4)
+    with pytest.raises(ClassificationError, match="--knn_k applies to --calibration knn, not hidden"):
+        evaluate("calibrate", inputs, str(tmp_path / "c.json"), direct_output_path=direct, calibration="hidden",
+                 lm=FakeLM(), knn_k=2)
+    (tmp_path / "in.anchors.json").unlink()
+    with pytest.raises(ClassificationError, match="needs anchor records .* --n_anchor"):
+        evaluate("calibrate", inputs, str(tmp_path / "c.json"), direct_output_path=direct, calibration="hidden",
+                 lm=FakeLM())
+    with pytest.raises(ClassificationError, match="--save_hidden applies to the direct method"):
+        evaluate("channel", inputs, str(tmp_path / "x.json"), lm=FakeLM(), save_hidden=True)

@@ -1,0 +1,97 @@
+"""Hidden states from the model (return_hidden), their batched/pooled forms, and fast = naive with per-input prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from classification import hidden
+from classification.scoring import LlamaLM
+from classification_fakes import WhitespaceTokenizer
+from llama.model import ModelArgs, Transformer
+
+
+def tiny_lm(max_batch_size: int = 3) -> LlamaLM:
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32, max_seq_len=256)
+    torch.manual_seed(0)
+    model = Transformer(args)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return LlamaLM(model.eval(), WhitespaceTokenizer(), max_batch_size=max_batch_size)
+
+
+DEMOS = "Article: a b c\nCategory: x\nArticle: d e\nCategory: y\n"
+TEXTS = ["one two three four", "five", "six seven", "eight nine ten eleven twelve thirteen"]
+
+
+def plain_hidden(lm: LlamaLM, ids: list) -> torch.Tensor:
+    """Hidden states of one unpadded sequence, from the logits path: norm(h) through the head are the logits."""
+    with torch.no_grad():
+        return lm.model(torch.tensor([ids]), return_hidden=True)[0]
+
+
+def test_return_hidden_is_what_the_output_head_reads():
+    lm = tiny_lm()
+    ids = torch.tensor([lm.tokenizer.encode(DEMOS + "Article: one two", bos=True, eos=False)])
+    with torch.no_grad():
+        logits = lm.model(ids)
+        h = lm.model(ids, return_hidden=True)
+    assert h.shape == (1, ids.shape[1], 64)
+    torch.testing.assert_close(lm.model.output(h).float(), logits)
+
+
+def test_context_hidden_equals_one_plain_forward_per_context():
+    lm = tiny_lm()
+    contexts = [DEMOS + f"Article: {t}\nCategory:" for t in TEXTS]  # a shared prefix, run once
+    got = hidden.context_hidden(lm, contexts)
+    for row, c in zip(got, contexts):
+        want = plain_hidden(lm, lm.tokenizer.encode(c, bos=True, eos=False))[-1]
+        np.testing.assert_allclose(row, want.numpy(), atol=1e-4)
+    other = hidden.context_hidden(lm, [f"Q {t}" for t in TEXTS])  # nothing shared but BOS
+    np.testing.assert_allclose(other[1], plain_hidden(lm, lm.tokenizer.encode("Q five", True, False))[-1], atol=1e-4)
+
+
+def test_text_embeddings_are_masked_means_over_each_text_alone():
+    lm = tiny_lm(max_batch_size=4)
+    got = hidden.text_embeddings(lm, TEXTS)
+    for row, t in zip(got, TEXTS):
+        h = plain_hidden(lm, lm.tokenizer.encode(t, bos=True, eos=False))
+        np.testing.assert_allclose(row, h[1:].mean(0).numpy(), atol=1e-4)  # BOS left out
+
+
+def test_next_token_log_probs_from_saved_states_match_the_logits():
+    lm = tiny_lm()
+    contexts = [DEMOS + f"Article: {t}\nCategory:" for t in TEXTS]
+    got = hidden.next_token_log_probs(lm, hidden.context_hidden(lm, contexts))
+    for row, c in zip(got, contexts):
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([lm.tokenizer.encode(c, bos=True, eos=False)]))[0, -1]
+        np.testing.assert_allclose(row, torch.log_softmax(logits, -1).numpy(), atol=1e-4)
+
+
+def test_fast_equals_naive_with_a_prompt_per_input():
+    """Retrieved demonstrations: every input has its own prompt; labels still share its row."""
+    lm = tiny_lm(max_batch_size=4)
+    naive = LlamaLM(lm.model, lm.tokenizer, 2, True, "naive")
+    requests = []
+    for i, t in enumerate(TEXTS):
+        prompt = f"Article: demo{i} {t}\nCategory: x\nArticle: {t}\nCategory:"
+        requests += [(prompt, " " + w) for w in ("x", "y", "z w")]
+    fast = lm.loglikelihood(requests)
+    slow = naive.loglikelihood(requests)
+    assert max(abs(a - b) for a, b in zip(fast, slow)) <= 1e-4
+
+
+def test_saved_rows_round_trip_as_float16(tmp_path):
+    lm = tiny_lm()
+    records = [{"prompt": DEMOS + "Article: {text}\nCategory:", "completion": "{label_word}", "text": t,
+                "label_words": ["x", "y"]} for t in TEXTS]
+    results = [{} for _ in records]
+    hidden.attach_hidden(lm, records, results)
+    path = str(tmp_path / "out.hidden.npy")
+    hidden.save_hidden(path, results)
+    saved = np.load(path)
+    assert saved.dtype == np.float16 and saved.shape == (4, 64)
+    want = hidden.context_hidden(lm, [DEMOS + f"Article: {t}\nCategory:" for t in TEXTS])
+    np.testing.assert_allclose(saved.astype(np.float32), want, rtol=1e-3, atol=1e-3)

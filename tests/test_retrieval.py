@@ -1,0 +1,164 @@
+"""Demonstrations per input (bm25, knn), anchors, and the records they make."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classification import retrieval
+from classification.sampling import Example
+from classification.datasets import Dataset, get_preset, make_records, preprocess_dataset
+from classification.errors import ClassificationError
+from classification.fileio import write_json_atomic
+from classification_fakes import FakeLM, synthetic_splits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Two classes; every text has its own rare words, so BM25's ranking is fixed by which words a query shares.
+POOL = [
+    Example("apple banana", 0, 0),
+    Example("cherry date", 0, 1),
+    Example("elder fig", 0, 2),
+    Example("grape honeydew", 1, 3),
+    Example("kiwi lemon", 1, 4),
+    Example("mango nectarine", 1, 5),
+]
+
+
+def texts(examples):
+    return [ex.text for ex in examples]
+
+
+def dataset(train, test):
+    p = get_preset("ag_news")
+    return Dataset("ag_news", list(train), list(test), list(p.label_words), dict(p.templates), p.instruction)
+
+
+def test_bm25_picks_the_documented_neighbours_most_similar_last():
+    queries = [Example("cherry kiwi lemon", 0, 0), Example("fig", 1, 1), Example("nothing shared", 0, 2)]
+    select = retrieval.make_selector("bm25", POOL, k=1, seed=0, n_classes=2)
+    got = [texts(d) for d in select(queries)]
+    # "kiwi lemon" shares two words, "cherry date" one: the better match comes last.
+    assert got[0] == ["cherry date", "kiwi lemon"]
+    # Only "elder fig" matches; class 1 has no match: its first example wins the tie and goes first.
+    assert got[1] == ["grape honeydew", "elder fig"]
+    # No word in common: the first example of each class; equal scores, the earlier one last.
+    assert got[2] == ["grape honeydew", "apple banana"]
+    two = retrieval.make_selector("bm25", POOL, k=2, seed=0, n_classes=2)([queries[0]])[0]
+    assert texts(two)[-2:] == ["cherry date", "kiwi lemon"] and len(two) == 4
+
+
+def test_a_text_is_never_its_own_demonstration():
+    select = retrieval.make_selector("bm25", POOL, k=1, seed=0, n_classes=2)
+    got = texts(select([Example("cherry  date", 0, 9)])[0])  # same text up to whitespace
+    assert "cherry date" not in got and len(got) == 2
+
+
+def test_knn_picks_the_nearest_by_cosine():
+    # Hand-made 2-d embeddings; the query (0.6, 0.8) has cosine 0.6, 0.96, -0.28 with class 0's
+    # vectors and 0.8, -0.6, 0.0 with class 1's (the scale of a vector does not matter).
+    vec = {"apple banana": (1, 0), "cherry date": (8, 6), "elder fig": (0.6, -0.8),
+           "grape honeydew": (0, 1), "kiwi lemon": (-1, 0), "mango nectarine": (1, -1), "q": (0.6, 0.8)}
+    calls = []
+
+    def embed(batch):
+        calls.append(list(batch))
+        return np.array([vec[t] for t in batch], dtype=np.float32)
+
+    select = retrieval.make_selector("knn", POOL, k=2, seed=0, n_classes=2, embed=embed)
+    got = texts(select([Example("q", 0, 0)])[0])
+    # Per class the 2 best: class 0 cherry (0.96), apple (0.6); class 1 grape (0.8), mango (-0.14).
+    assert got == ["mango nectarine", "apple banana", "grape honeydew", "cherry date"]
+
+
+def test_knn_embeddings_are_cached_beside_the_records(tmp_path):
+    train, test = synthetic_splits(5, 3)
+    lm = FakeLM()
+    calls = []
+
+    def embed(batch):
+        calls.append(len(batch))
+        return lm.text_embeddings(batch)
+
+    cache = tmp_path / "embeddings.fake.npz"
+    first, _ = retrieval.build_records(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "knn",
+                                       embed=embed, cache_path=cache)
+    again, _ = retrieval.build_records(dataset(train, test), "direct", None, 1, 2, True, 8, 0, "knn",
+                                       embed=embed, cache_path=cache)
+    assert calls == [len(train) + 8]  # the second seed embedded nothing new, and retrieved the same
+    assert [(r["prompt"], r["demo_indices"]) for r in first] == [(r["prompt"], r["demo_indices"]) for r in again]
+    # Each record's demonstrations are its nearest by the fake embedding (bag of hashed words).
+    vecs = lm.text_embeddings([ex.text for ex in train])
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    for rec in first:
+        q = lm.text_embeddings([rec["text"]])[0]
+        sims = vecs @ (q / np.linalg.norm(q))
+        for index in rec["demo_indices"]:
+            label = train[index].label
+            same = [i for i, ex in enumerate(train) if ex.label == label]
+            assert sims[index] == pytest.approx(max(sims[same]))
+        assert rec["prompt"].count("Article:") == 5 and rec["meta"]["demos"] == "knn"
+
+
+def test_random_demos_write_the_same_bytes_as_before(tmp_path, shared_data):
+    data_dir = str(shared_data / "sst2")
+    path = tmp_path / "new.json"
+    preprocess_dataset(preset="sst2", data_dir=data_dir, data_path=str(path), k=2, seed=3, n_sample=20)
+    with_anchors = tmp_path / "anchored.json"
+    preprocess_dataset(preset="sst2", data_dir=data_dir, data_path=str(with_anchors), k=2, seed=3, n_sample=20,
+                       demos="random", n_anchor=5)
+    from classification.datasets import load_dataset
+
+    old = make_records(load_dataset(preset="sst2", data_dir=data_dir), "direct", k=2, seed=3, n_sample=20)
+    write_json_atomic(str(tmp_path / "old.json"), old, indent=2)
+    assert path.read_bytes() == (tmp_path / "old.json").read_bytes() == with_anchors.read_bytes()
+    anchors = json.loads(Path(retrieval.anchors_path(str(with_anchors))).read_text())
+    assert [a["ground_truth"] for a in anchors].count("Negative") == 5 and len(anchors) == 10
+    assert {a["prompt"] for a in anchors} == {old[0]["prompt"]}
+    # Anchors are neither demonstrations nor each other's duplicates.
+    assert all(a["text"] not in old[0]["prompt"] for a in anchors)
+    assert len({a["index"] for a in anchors}) == 10
+
+
+def test_retrieved_anchors_never_serve_as_demonstrations():
+    train, test = synthetic_splits(6, 3)
+    records, anchors = retrieval.build_records(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "bm25",
+                                               n_anchor=2)
+    anchor_ids = {a["index"] for a in anchors}
+    assert len(anchors) == 8 and all(a["meta"]["anchor"] for a in anchors)
+    for rec in records + anchors:
+        assert not anchor_ids & set(rec["demo_indices"])
+        for i in rec["demo_indices"]:
+            assert train[i].text in rec["prompt"]
+    # A record's demonstrations are one per class.
+    assert all(sorted(train[i].label for i in rec["demo_indices"]) == [0, 1, 2, 3] for rec in records)
+
+
+def test_demo_pool_bounds_the_pool_and_follows_the_seed():
+    train, _ = synthetic_splits(10, 1)
+    queries = train[:3]
+    picked = []
+    for seed in (1, 2):
+        select = retrieval.make_selector("bm25", train, k=1, seed=seed, n_classes=4, demo_pool=8)
+        picked.append({ex.index for demos in select(queries) for ex in demos})
+    assert all(len(p) <= 8 for p in picked) and picked[0] != picked[1]
+
+
+def test_bad_retrieval_input_is_one_line(tmp_path):
+    with pytest.raises(ClassificationError, match=r"--k 4 is larger than the smallest class of the retrieval pool"):
+        retrieval.make_selector("bm25", POOL, k=4, seed=0, n_classes=2)
+    with pytest.raises(ClassificationError, match="--embedder .* does not exist"):
+        retrieval.check_demos("knn", None, str(tmp_path / "no-model"), 0)
+    with pytest.raises(ClassificationError, match="--demos 'topk' is not one of random, bm25, knn"):
+        retrieval.check_demos("topk", None, None, 0)
+    p = subprocess.run([sys.executable, "run_preprocess.py", "--preset", "sst2", "--demos", "knn", "--embedder",
+                        str(tmp_path / "no-model"), "--data_path", str(tmp_path / "x.json")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [f"error: --embedder {tmp_path / 'no-model'} does not exist; "
+                                             "pass a local sentence-transformers model"]

@@ -26,4 +26,4 @@ def main(ckpt: str, out: str, mp_size: str = "", quantize: str = "none") -> None
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

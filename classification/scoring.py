@@ -113,7 +113,6 @@ class LlamaLM:
         self.append_eos = append_eos
         self.scoring = scoring
         self.device = model.tok_embeddings.weight.device
-        self.dtype = model.tok_embeddings.weight.dtype
         # Tokens (rows x row width) of one forward pass; attention over the prefix is computed in
         # blocks of bounded size (llama.model.PREFIX_SCORE_BLOCK), so the prefix adds no term.
         self.max_batch_tokens = max_batch_tokens or (16384 if self.device.type == "cuda" else 4096)

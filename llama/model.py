@@ -150,9 +150,6 @@ class KVCache:
         return cls(model.params.n_layers, batch_size, attn.n_local_kv_heads,
                    max_seq_len or model.params.max_seq_len, attn.head_dim, w.device, w.dtype)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
 
 # Elements of one attention-score block over the shared prefix; bounds the transient memory of
 # prefix attention whatever the batch (256 MiB in fp32).

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,29 +51,81 @@ class _Row:
     tokens: List[int]
     n_ctx: int  # the first n_ctx tokens are the context suffix (plain causal)
     parent: List[int]  # index of each token's parent in the row (-1: attends to the prefix only)
-    # For every request in the row: (request index, [(predicting row position, target token)])
-    targets: List[Tuple[int, List[Tuple[int, int]]]] = field(default_factory=list)
+    # One entry per scored token: the row position whose logits predict it, the token, its request.
+    at: List[int] = field(default_factory=list)
+    target: List[int] = field(default_factory=list)
+    request: List[int] = field(default_factory=list)
 
 
 def _build_row(ctx_suffix: List[int], conts: List[Tuple[int, List[int]]]) -> _Row:
     """Pack one context suffix and its continuations; continuations sharing tokens share nodes."""
-    row = _Row(list(ctx_suffix), len(ctx_suffix), [i - 1 for i in range(len(ctx_suffix))])
-    nodes: Dict[Tuple[int, ...], int] = {}
-    last_ctx = len(ctx_suffix) - 1
+    n_ctx = len(ctx_suffix)
+    row = _Row(list(ctx_suffix), n_ctx, list(range(-1, n_ctx - 1)))
+    child: Dict[Tuple[int, int], int] = {}  # (node, next token) -> node: a path is its last node
     for req, cont in conts:
-        preds, at = [], last_ctx
-        for j, tok in enumerate(cont):
-            preds.append((at, tok))
-            if j == len(cont) - 1:
-                break  # the last token is only predicted, never fed in
-            key = tuple(cont[: j + 1])
-            if key not in nodes:
-                nodes[key] = len(row.tokens)
+        at = n_ctx - 1
+        row.at.append(at)
+        row.target.append(cont[0])
+        row.request.append(req)
+        for tok, nxt in zip(cont, cont[1:]):  # the last token is only predicted, never fed in
+            node = child.get((at, tok))
+            if node is None:
+                node = child[(at, tok)] = len(row.tokens)
                 row.tokens.append(tok)
                 row.parent.append(at)
-            at = nodes[key]
-        row.targets.append((req, preds))
+            at = node
+            row.at.append(at)
+            row.target.append(nxt)
+            row.request.append(req)
     return row
+
+
+@dataclass
+class _Batch:
+    """The arrays of one forward pass over packed rows (host side, built without per-token Python)."""
+
+    tokens: np.ndarray  # (bsz, width) int64
+    positions: np.ndarray  # (bsz, width) RoPE positions: prefix length + depth in the row's tree
+    mask: np.ndarray  # (bsz, width, width) bool: a token sees its ancestors and itself
+    logits_at: np.ndarray  # (bsz, n_sel) row positions that go through the output head
+    # One entry per scored token: row, slot in logits_at, target token, request number.
+    at_row: np.ndarray
+    at_slot: np.ndarray
+    target: np.ndarray
+    request: np.ndarray
+
+
+def _batch_arrays(rows: List[_Row], plen: int, pad_id: int) -> _Batch:
+    bsz, width = len(rows), max(len(r.tokens) for r in rows)
+    tokens = np.full((bsz, width), pad_id, dtype=np.int64)
+    parent = np.tile(np.arange(-1, width - 1), (bsz, 1))  # padding hangs below the row's last token
+    sel, slots = [], []
+    for r, row in enumerate(rows):
+        n = len(row.tokens)
+        tokens[r, :n] = row.tokens
+        parent[r, :n] = row.parent
+        s, inverse = np.unique(np.asarray(row.at, dtype=np.int64), return_inverse=True)
+        sel.append(s)
+        slots.append(inverse)
+    # Ancestors-or-self, left to right (a parent precedes its children), vectorized over rows;
+    # parent -1 reads the extra last slot: nothing in the row (the shared prefix only), depth -1.
+    anc = np.zeros((bsz, width + 1, width), dtype=bool)
+    depth = np.full((bsz, width + 1), -1, dtype=np.int64)
+    b = np.arange(bsz)
+    for i in range(width):
+        p = parent[:, i]
+        anc[:, i] = anc[b, p]
+        anc[:, i, i] = True
+        depth[:, i] = depth[b, p] + 1
+    logits_at = np.zeros((bsz, max(len(s) for s in sel)), dtype=np.int64)
+    for r, s in enumerate(sel):
+        logits_at[r, : len(s)] = s
+    return _Batch(
+        tokens, plen + depth[:, :width], anc[:, :width], logits_at,
+        np.repeat(np.arange(bsz), [len(row.at) for row in rows]), np.concatenate(slots),
+        np.fromiter((t for row in rows for t in row.target), dtype=np.int64),
+        np.fromiter((q for row in rows for q in row.request), dtype=np.int64),
+    )
 
 
 def _split_group(n_ctx: int, conts: List[Tuple[int, List[int]]]) -> List[List[Tuple[int, List[int]]]]:
@@ -279,52 +332,21 @@ class LlamaLM:
         return batches
 
     def _score_rows(self, rows: List[_Row], prefix: Optional[KVCache], plen: int, out: List[float]) -> None:
-        bsz, width = len(rows), max(len(r.tokens) for r in rows)
-        tokens = torch.full((bsz, width), self.tokenizer.eos_id, dtype=torch.long)
-        depth = torch.zeros((bsz, width), dtype=torch.long)
-        # Tree mask over the row part: a token sees its ancestors and itself (padding: causal).
-        tree = torch.tril(torch.ones(width, width, dtype=torch.bool)).repeat(bsz, 1, 1)
-        scored: List[List[int]] = []
-        for r, row in enumerate(rows):
-            n = len(row.tokens)
-            tokens[r, :n] = torch.tensor(row.tokens)
-            depth[r, : row.n_ctx] = torch.arange(row.n_ctx)
-            tree[r, row.n_ctx: n, row.n_ctx:] = False
-            for i in range(row.n_ctx, n):
-                p = row.parent[i]
-                tree[r, i, : p + 1] = tree[r, p, : p + 1]
-                tree[r, i, i] = True
-                depth[r, i] = depth[r, p] + 1
-            scored.append(sorted({pos for _, preds in row.targets for pos, _ in preds}))
-        positions = plen + depth
-        pad_pos = plen + torch.arange(width)
-        for r, row in enumerate(rows):
-            positions[r, len(row.tokens):] = pad_pos[len(row.tokens):]
-        n_sel = max(len(s) for s in scored)
-        logits_at = torch.zeros((bsz, n_sel), dtype=torch.long)
-        # One entry per scored token: (row, slot in logits_at, target token, request).
-        at_row, at_slot, target, request = [], [], [], []
-        for r, (row, sel) in enumerate(zip(rows, scored)):
-            logits_at[r, : len(sel)] = torch.tensor(sel)
-            slot = {pos: k for k, pos in enumerate(sel)}
-            for req, preds in row.targets:
-                for pos, tok in preds:
-                    at_row.append(r)
-                    at_slot.append(slot[pos])
-                    target.append(tok)
-                    request.append(req)
+        arrays = _batch_arrays(rows, plen, self.tokenizer.eos_id)
         dev = self.device
-        logits = self.model(tokens.to(dev), 0, None, positions=positions.to(dev), mask=tree[:, None].to(dev),
-                            logits_at=logits_at.to(dev), prefix=prefix)  # (bsz, n_sel, vocab) fp32
+
+        def put(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(a).to(dev, non_blocking=True)
+
+        logits = self.model(put(arrays.tokens), 0, None, positions=put(arrays.positions),
+                            mask=put(arrays.mask)[:, None], logits_at=put(arrays.logits_at),
+                            prefix=prefix)  # (bsz, n_sel, vocab) fp32
         self.tokens_processed += int(sum(len(r.tokens) for r in rows))
         # Gather on the device: only the scored log-probs are copied back.
-        r_i, s_i = torch.tensor(at_row, device=dev), torch.tensor(at_slot, device=dev)
-        logp = torch.log_softmax(logits, dim=-1)[r_i, s_i, torch.tensor(target, device=dev)].double()
-        reqs = sorted(set(request))
-        local = {req: k for k, req in enumerate(reqs)}
-        sums = torch.zeros(len(reqs), dtype=logp.dtype, device=dev).index_add_(
-            0, torch.tensor([local[q] for q in request], device=dev), logp)
-        for req, value in zip(reqs, sums.tolist()):
+        logp = torch.log_softmax(logits, dim=-1)[put(arrays.at_row), put(arrays.at_slot), put(arrays.target)].double()
+        reqs, local = np.unique(arrays.request, return_inverse=True)
+        sums = torch.zeros(len(reqs), dtype=logp.dtype, device=dev).index_add_(0, put(local), logp)
+        for req, value in zip(reqs.tolist(), sums.tolist()):
             out[req] = value
 
     # -- generation --------------------------------------------------------------------------

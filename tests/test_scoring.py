@@ -73,7 +73,9 @@ def test_shared_first_tokens_share_trie_nodes(smollm):
     # " Science" is fed once; each label's remaining tokens hang below it.
     assert row.tokens.count(a[0]) == 1
     assert len(row.tokens) == 3 + 1 + (len(a) - 1) + (len(b) - 1)
-    first_preds = {req: preds[0] for req, preds in row.targets}
+    first_preds = {}
+    for at, target, req in zip(row.at, row.target, row.request):
+        first_preds.setdefault(req, (at, target))
     assert first_preds[0] == first_preds[1] == (2, a[0])
 
 

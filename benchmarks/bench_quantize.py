@@ -31,20 +31,23 @@ from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # no
 from classification.scoring import LlamaLM  # noqa: E402
 from llama.checkpoint import load_model  # noqa: E402
 from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.quantize import DEFAULT_THRESHOLD, planned_weight_bytes, quantize_model, weight_bytes  # noqa: E402
+from llama.quantize import DEFAULT_THRESHOLD, calibration_tokens, planned_weight_bytes, quantize_model, weight_bytes  # noqa: E402
 from llama.runtime import DTYPES  # noqa: E402
 from llama.tokenizer import load_tokenizer  # noqa: E402
 
 SEVEN_B = Path(__file__).resolve().parent / "llama-7b-params.json"
 
 
-def variant_model(base: Transformer, name: str, device: torch.device, threshold: float) -> Transformer:
+def variant_model(base: Transformer, name: str, device: torch.device, threshold: float,
+                  calibration: torch.Tensor) -> Transformer:
     """``fp32``/``bf16``/``fp16``: a copy in that dtype; ``int8``: quantized on top of the base
-    dtype (fp16 on CUDA, fp32 on CPU); ``int8-nothr``: int8 without the outlier split."""
+    dtype (fp16 on CUDA, fp32 on CPU), as the scripts do; ``int8-nocal``: without the fp32
+    weights of calibrated outlier features; ``int8-nothr``: without any outlier split."""
     if name.startswith("int8"):
         dt = torch.float16 if device.type == "cuda" else torch.float32
         model = copy.deepcopy(base).to(dt)
-        return quantize_model(model, "int8", device, threshold=0.0 if name == "int8-nothr" else threshold)
+        return quantize_model(model, "int8", device, threshold=0.0 if name == "int8-nothr" else threshold,
+                              calibration=calibration if name == "int8" else None)
     return copy.deepcopy(base).to(DTYPES[name])
 
 
@@ -79,8 +82,8 @@ def main(
         k: demonstrations per class in the prompt.
         seed: seed of demonstrations and sample.
         methods: comma-separated subset of direct, calibrate (= direct + content-free), channel.
-        variants: comma-separated fp32, bf16, fp16, int8, int8-nothr (int8 without the outlier
-            split); the first is the reference.
+        variants: comma-separated fp32, bf16, fp16, int8, int8-nocal (int8 without calibrated fp32
+            outlier columns), int8-nothr (int8 without any outlier split); the first is the reference.
         threshold: LLM.int8 outlier threshold of the int8 variant.
         repeats: timed runs per (method, variant); the fastest counts.
         ckpt_dir: checkpoint to load.
@@ -92,15 +95,15 @@ def main(
             thread and the CPU-time column are the steadiest: waiting threads otherwise spin.
     """
     names = [v.strip() for v in (variants.split(",") if isinstance(variants, str) else variants)]
-    bad = [v for v in names if v not in ("int8", "int8-nothr") and v not in DTYPES]
+    bad = [v for v in names if v not in ("int8", "int8-nocal", "int8-nothr") and v not in DTYPES]
     if bad:
-        raise ClassificationError(f"--variants: unknown {bad[0]!r}; use fp32, bf16, fp16, int8 or int8-nothr")
+        raise ClassificationError(f"--variants: unknown {bad[0]!r}; use fp32, bf16, fp16, int8, int8-nocal or int8-nothr")
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = load_tokenizer(tokenizer_path)
     base = load_model(ckpt_dir, dev, torch.float32, vocab_size=tok.n_words)
-    models = {name: variant_model(base, name, dev, threshold) for name in names}
+    models = {name: variant_model(base, name, dev, threshold, calibration_tokens(tok)) for name in names}
     del base
     train, test = load_ag_news(data_dir)
     records = {m: build_records(m, train, test, k=k, seed=seed, sample=n_examples < len(test), n_sample=n_examples)

@@ -29,7 +29,7 @@ from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # no
 from classification.scoring import LlamaLM  # noqa: E402
 from llama.checkpoint import load_model  # noqa: E402
 from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.quantize import check_mode, quantize_model  # noqa: E402
+from llama.quantize import calibration_tokens, check_mode, quantize_model  # noqa: E402
 from llama.runtime import resolve_dtype  # noqa: E402
 from llama.tokenizer import load_tokenizer  # noqa: E402
 
@@ -135,7 +135,7 @@ def main(
     else:
         model = load_model(ckpt_dir, dev, dt, max_seq_len=max_seq_len, vocab_size=tok.n_words)
         model_name = ckpt_dir
-    model = quantize_model(model, quantize, dev)
+    model = quantize_model(model, quantize, dev, calibration=calibration_tokens(tok))
     train, test = load_ag_news(data_dir)
     sample = n_examples < len(test)
     records = {m: build_records(m, train, test, k=k, seed=seed, sample=sample, n_sample=n_examples)

@@ -404,6 +404,8 @@ def evaluate(
     if needs_model:
         settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
         settings["quantize"] = quantize
+        if quantize == "int8":  # LLM.int8 picks outlier features per forward pass: batches matter
+            settings["max_batch_size"] = max_batch_size
     generation = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
     if method == "generate":
         settings.update(generation)

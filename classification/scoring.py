@@ -396,7 +396,7 @@ def load_lm(
     import time
 
     from llama.checkpoint import CheckpointError, count_shards, load_model
-    from llama.quantize import quantize_model
+    from llama.quantize import calibration_tokens, quantize_model
     from llama.runtime import setup_runtime
     from llama.tokenizer import load_tokenizer
 
@@ -408,6 +408,6 @@ def load_lm(
     tokenizer = load_tokenizer(tokenizer_path)
     model = load_model(ckpt_dir, rt.device, rt.dtype, rt.mp_rank, rt.mp_size, max_seq_len, max_batch_size,
                        vocab_size=tokenizer.n_words)
-    model = quantize_model(model, quantize, rt.device)
+    model = quantize_model(model, quantize, rt.device, calibration=calibration_tokens(tokenizer))
     print(f"Loaded {ckpt_dir} ({rt.dtype}, {rt.device}, mp={rt.mp_size}, dp={rt.dp_size}) in {time.time() - start:.1f}s")
     return LlamaLM(model, tokenizer, max_batch_size, append_eos, scoring), rt

@@ -20,7 +20,8 @@ from llama.checkpoint import load_model, write_meta
 from llama.convert import convert
 from llama.model import ModelArgs, Transformer
 from llama.quantize import (
-    TARGETS, Int8Linear, QuantizeError, _reduce_range, planned_weight_bytes, quantize_model, weight_bytes,
+    TARGETS, Int8Linear, QuantizeError, _reduce_range, calibration_tokens, outlier_features, planned_weight_bytes,
+    quantize_model, weight_bytes,
 )
 from llama.tokenizer import load_tokenizer
 
@@ -77,6 +78,51 @@ def test_outlier_split_and_token_scales_reduce_the_error():
     assert with_split < without / 3
     # bf16 input comes back bf16.
     assert Int8Linear(w)(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_kept_features_are_exact():
+    """A feature kept from calibration is multiplied with its fp32 weights: the error is then the
+    hand-derived bound of the other features alone, far below the bound with that feature in int8."""
+    torch.manual_seed(2)
+    w = torch.randn(96, 64) * 0.05
+    x = torch.randn(30, 64)
+    x[:, 9] *= 400  # a massive-activation channel
+    layer = Int8Linear(w, 6.0, keep=torch.tensor([9]))
+    xn, wn = x.double().numpy(), w.double().numpy()
+    err = np.abs(layer(x).double().numpy() - xn @ wn.T)
+    rest_x, rest_w = xn.copy(), wn.copy()
+    rest_x[:, 9], rest_w[:, 9] = 0.0, 0.0
+    assert (err <= error_bound(rest_x, rest_w, 6.0)).all()
+    unkept = np.abs(Int8Linear(w, 6.0)(x).double().numpy() - xn @ wn.T)
+    assert err.max() < unkept.max() / 3
+    # The row scales come from the other features (column 9 is not in the int8 matrix).
+    np.testing.assert_allclose(layer.int8_weight()[1].numpy(), np.abs(rest_w).max(1) / 127, rtol=1e-6)
+
+
+def test_outlier_features_finds_a_planted_channel():
+    """A huge attention-norm gain on one channel of block 1 makes it the outlier input of that
+    block's wq/wk/wv; block 0 has none."""
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.1)
+        model.layers[1].attention_norm.weight[13] = 500.0
+    keep = outlier_features(model, torch.arange(12)[None], threshold=6.0)
+    block = model.layers[1]
+    for layer in (block.attention.wq, block.attention.wk, block.attention.wv):
+        assert keep[id(layer)].tolist() == [13]
+    first = model.layers[0]
+    for layer in (first.attention.wq, first.attention.wo, first.feed_forward.w1, first.feed_forward.w2):
+        assert keep[id(layer)].numel() == 0
+    # At most max_share of a layer's features, the largest first.
+    with torch.no_grad():
+        model.layers[1].attention_norm.weight[:20] = 500.0
+        model.layers[1].attention_norm.weight[3] = 5000.0
+    capped = outlier_features(model, torch.arange(12)[None], threshold=6.0, max_share=1 / 64)
+    assert capped[id(block.attention.wq)].tolist() == [3]
+    q = quantize_model(model, "int8", "cpu", calibration=torch.arange(12)[None])
+    kept = q.layers[1].attention.wq.keep.tolist()  # the default share: 64 / 8 of the 20 boosted channels
+    assert len(kept) == 8 and 3 in kept and max(kept) < 20
 
 
 def tiny_model(dtype=torch.float32, seed=0) -> Transformer:
@@ -169,7 +215,7 @@ def test_two_shards_int8_match_one_shard_int8(tmp_path, root):
 def ag_news_lms(default_model_dir, shared_data):
     tok = load_tokenizer(str(default_model_dir / "tokenizer.json"))
     base = load_model(str(default_model_dir / "135M"), vocab_size=tok.n_words)
-    int8 = quantize_model(copy.deepcopy(base), "int8", "cpu")
+    int8 = quantize_model(copy.deepcopy(base), "int8", "cpu", calibration=calibration_tokens(tok))
     train, test = load_ag_news(str(shared_data / "ag_news"))
     records = build_records("direct", train, test, k=1, seed=42, sample=True, n_sample=8)
     return LlamaLM(base, tok), LlamaLM(int8, tok), records

@@ -98,6 +98,18 @@ def test_quantize_is_fingerprinted(tmp_path):
     assert runner.evaluate("direct", data, out, lm=FakeLM(), chunk_size=4, quantize="int8")["n_resumed"] == 0
 
 
+def test_batch_size_is_fingerprinted_under_int8_only(tmp_path):
+    """int8 results depend on which rows share a forward pass (outliers per pass), fp ones do not."""
+    data, _ = write_inputs(tmp_path)
+    for quantize, resumed in (("none", True), ("int8", False)):
+        out = str(tmp_path / f"out_{quantize}.json")
+        with pytest.raises(FakeCrash):
+            runner.evaluate("direct", data, out, lm=FakeLM(fail_after_calls=2), chunk_size=4, quantize=quantize,
+                            max_batch_size=4)
+        m = runner.evaluate("direct", data, out, lm=FakeLM(), chunk_size=4, quantize=quantize, max_batch_size=8)
+        assert (m["n_resumed"] > 0) == resumed, quantize
+
+
 def test_file_digest_hashes_small_files_whole(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_bytes(b"x" * 100)

@@ -2,7 +2,7 @@
 
     python mp_logits.py CKPT OUT [MP_SIZE [QUANTIZE]]   (MP_SIZE: default the checkpoint's shard count;
     "" for the default)
-QUANTIZE quantizes the model first (llama.quantize mode, e.g. int8)."""
+QUANTIZE quantizes the model first (llama.quantize mode, e.g. int8; calibrated on the first sequence)."""
 
 import sys
 from pathlib import Path
@@ -17,8 +17,9 @@ from llama.runtime import setup_runtime  # noqa: E402
 
 def main(ckpt: str, out: str, mp_size: str = "", quantize: str = "none") -> None:
     rt = setup_runtime(model_parallel_size=int(mp_size) if mp_size else count_shards(ckpt), device="cpu")
-    model = quantize_model(load_model(ckpt, rt.device, rt.dtype, rt.mp_rank, rt.mp_size), quantize, rt.device)
+    model = load_model(ckpt, rt.device, rt.dtype, rt.mp_rank, rt.mp_size)
     ids = torch.arange(40).view(2, 20) * 7 % model.params.vocab_size
+    model = quantize_model(model, quantize, rt.device, calibration=ids[:1])  # every rank, in step
     with torch.no_grad():
         logits = model(ids)
     if rt.is_main:

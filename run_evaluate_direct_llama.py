@@ -26,7 +26,7 @@ def main(
         max_batch_size: most sequences in one forward pass.
         dtype: fp32, fp16 or bf16 (default: bf16 on CUDA where supported, else fp16; fp32 on CPU).
         device: cpu or cuda (default: cuda when available).
-        quantize: none or int8 (int8 block weights: LLM.int8 via bitsandbytes on CUDA, int8 kernels on CPU).
+        quantize: none, int8 (LLM.int8: bitsandbytes on CUDA, int8 kernels on CPU) or int8w (int8 weights only).
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos (also score EOS after the label), none, or newline (score a newline).
         save_hidden: also save each record's label-predicting hidden state (<stem>.hidden.npy) for hidden/lda/knn.

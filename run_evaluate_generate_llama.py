@@ -25,7 +25,7 @@ def main(
         max_batch_size: most sequences in one forward pass.
         dtype: fp32, fp16 or bf16 (default: bf16 on CUDA where supported, else fp16; fp32 on CPU).
         device: cpu or cuda (default: cuda when available).
-        quantize: none or int8 (int8 block weights: LLM.int8 via bitsandbytes on CUDA, int8 kernels on CPU).
+        quantize: none, int8 (LLM.int8: bitsandbytes on CUDA, int8 kernels on CPU) or int8w (int8 weights only).
         scoring: fast or naive (how the model is set up; generation is the same either way).
         max_gen_len: most generated tokens.
         temperature: 0 for greedy decoding; above 0 samples.

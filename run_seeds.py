@@ -31,7 +31,7 @@ def main(
         dtype: fp32, fp16 or bf16 (default: bf16 on CUDA where supported, else fp16; fp32 on CPU).
         device: cpu or cuda (default: cuda when available).
         model_parallel_size: ranks that split the model (default: a Meta checkpoint's shard count, 1 for HF/GGUF).
-        quantize: none or int8 (int8 block weights: LLM.int8 via bitsandbytes on CUDA, int8 kernels on CPU).
+        quantize: none, int8 (LLM.int8: bitsandbytes on CUDA, int8 kernels on CPU) or int8w (int8 weights only).
     """
     run_seeds(**locals())
 

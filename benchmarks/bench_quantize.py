@@ -41,8 +41,11 @@ SEVEN_B = Path(__file__).resolve().parent / "llama-7b-params.json"
 def variant_model(base: Transformer, name: str, device: torch.device, threshold: float,
                   calibration: torch.Tensor) -> Transformer:
     """``fp32``/``bf16``/``fp16``: a copy in that dtype; ``int8``: quantized on top of the base
-    dtype (fp16 on CUDA, fp32 on CPU), as the scripts do; ``int8-nocal``: without the fp32
+    dtype (fp16 on CUDA, fp32 on CPU), as the scripts do; ``int8w``: int8 weights only (base
+    dtype activations); ``int8-nocal``: without the fp32
     weights of calibrated outlier features; ``int8-nothr``: without any outlier split."""
+    if name == "int8w":
+        return quantize_model(copy.deepcopy(base), "int8w", device, threshold=threshold, calibration=calibration)
     if name.startswith("int8"):
         dt = torch.float16 if device.type == "cuda" else torch.float32
         model = copy.deepcopy(base).to(dt)
@@ -57,7 +60,7 @@ def seven_b_bytes() -> Dict[str, int]:
         model = Transformer(args)
     return {"fp32": planned_weight_bytes(model, torch.float32, "none"),
             "bf16": planned_weight_bytes(model, torch.bfloat16, "none"),
-            "int8 (rest fp16)": planned_weight_bytes(model, torch.float16, "int8")}
+            "int8 / int8w (rest fp16)": planned_weight_bytes(model, torch.float16, "int8")}
 
 
 def main(
@@ -82,8 +85,9 @@ def main(
         k: demonstrations per class in the prompt.
         seed: seed of demonstrations and sample.
         methods: comma-separated subset of direct, calibrate (= direct + content-free), channel.
-        variants: comma-separated fp32, bf16, fp16, int8, int8-nocal (int8 without calibrated fp32
-            outlier columns), int8-nothr (int8 without any outlier split); the first is the reference.
+        variants: comma-separated fp32, bf16, fp16, int8, int8w (int8 weights only), int8-nocal
+            (int8 without calibrated fp32 outlier columns), int8-nothr (int8 without any outlier
+            split); the first is the reference.
         threshold: LLM.int8 outlier threshold of the int8 variant.
         repeats: timed runs per (method, variant); the fastest counts.
         ckpt_dir: checkpoint to load.
@@ -95,9 +99,9 @@ def main(
             thread and the CPU-time column are the steadiest: waiting threads otherwise spin.
     """
     names = [v.strip() for v in (variants.split(",") if isinstance(variants, str) else variants)]
-    bad = [v for v in names if v not in ("int8", "int8-nocal", "int8-nothr") and v not in DTYPES]
+    bad = [v for v in names if v not in ("int8", "int8w", "int8-nocal", "int8-nothr") and v not in DTYPES]
     if bad:
-        raise ClassificationError(f"--variants: unknown {bad[0]!r}; use fp32, bf16, fp16, int8, int8-nocal or int8-nothr")
+        raise ClassificationError(f"--variants: unknown {bad[0]!r}; use fp32, bf16, fp16, int8, int8w, int8-nocal or int8-nothr")
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -123,7 +123,7 @@ def main(
         max_seq_len: longest sequence.
         data_dir: ag_news_csv directory (train.csv/test.csv).
         skip_naive: time the fast path only (the naive path on 7,600 examples takes long).
-        quantize: none or int8 (llama.quantize; benchmarks/bench_quantize.py compares them).
+        quantize: none, int8 or int8w (llama.quantize; benchmarks/bench_quantize.py compares them).
     """
     check_mode(quantize)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

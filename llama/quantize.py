@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from llama.checkpoint import CheckpointError
 
-QUANTIZE_MODES = ("none", "int8")
+QUANTIZE_MODES = ("none", "int8", "int8w")
 TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 DEFAULT_THRESHOLD = 6.0  # LLM.int8's outlier threshold
 
@@ -113,6 +113,42 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold}"
+
+
+class Int8WeightLinear(nn.Module):
+    """``--quantize int8w``: int8 weights (one scale per output row), activations untouched.
+
+    Each call dequantizes the layer's weight into the input's dtype and multiplies as usual: the
+    memory of int8 weights with the activations of the model's dtype (per-token int8 activations
+    are what moves channel's sums over whole texts; README).  Runs on any device.  keep: input
+    features whose weight columns stay in full precision (see :func:`outlier_features`).
+    """
+
+    def __init__(self, weight: Tensor, keep: Optional[Tensor] = None):
+        super().__init__()
+        w = weight.detach()
+        self.out_features, self.in_features = w.shape
+        self.keep = None if keep is None or not len(keep) else keep.to(w.device, torch.long).sort().values
+        self.w_keep = None if self.keep is None else w[:, self.keep].contiguous()  # (out, n_keep)
+        wf = w.float() if self.keep is None else w.float().index_fill(1, self.keep, 0.0)
+        scale = wf.abs().amax(dim=1).clamp_min(1e-8) / 127.0  # (out,)
+        # Plain attributes, like Int8Linear's packed weight: weight_bytes counts them once.
+        self.q = torch.round(wf / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (out, in)
+        self.scale = scale
+
+    def weight_bytes(self) -> int:
+        kept = 0 if self.w_keep is None else self.w_keep.numel() * self.w_keep.element_size() + self.keep.numel() * 8
+        return self.q.numel() + 4 * self.out_features + kept
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.q.to(x.dtype) * self.scale[:, None].to(x.dtype)  # (out, in): one layer at a time
+        if self.keep is not None:
+            w.index_copy_(1, self.keep, self.w_keep.to(x.dtype))
+        return nn.functional.linear(x, w)
+
+    def extra_repr(self) -> str:
+        kept = 0 if self.keep is None else len(self.keep)
+        return f"in_features={self.in_features}, out_features={self.out_features}, kept={kept}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -217,15 +253,20 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str,
                    threshold: float = DEFAULT_THRESHOLD, calibration: Optional[Tensor] = None) -> nn.Module:
     """Replace the block projections of ``model`` (already on ``device``) by int8 layers, in place.
 
-    mode: ``none`` (returns the model unchanged) or ``int8``.  calibration: token ids (1, n); on
-    CPU, the input features above ``threshold`` in a forward pass over them keep fp32 weights
-    (:func:`outlier_features`); any other feature above it in a later call is still taken out of
-    the int8 product, with its int8 weights.  Raises :class:`QuantizeError` for
-    an unknown mode, CUDA without bitsandbytes, CUDA with a dtype other than fp16, or a device
-    other than CPU/CUDA.
+    mode: ``none`` (returns the model unchanged), ``int8`` (LLM.int8: int8 weights and
+    activations) or ``int8w`` (int8 weights only, :class:`Int8WeightLinear`, any device).
+    calibration: token ids (1, n); the input features above ``threshold`` in a forward pass over
+    them keep full-precision weights (:func:`outlier_features`; int8 on CPU and int8w); under
+    int8 any other feature above it in a later call is still taken out of the int8 product, with
+    its int8 weights.  Raises :class:`QuantizeError` for an unknown mode, and under int8 for CUDA
+    without bitsandbytes, CUDA with a dtype other than fp16, or a device other than CPU/CUDA.
     """
     check_mode(mode)
     if mode == "none":
+        return model
+    if mode == "int8w":
+        keep = outlier_features(model, calibration.to(device), threshold) if calibration is not None else {}
+        _replace(model, lambda child: Int8WeightLinear(child.weight, keep.get(id(child))))
         return model
     dev = torch.device(device)
     if dev.type not in ("cpu", "cuda"):
@@ -237,6 +278,13 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str,
         raise QuantizeError("this torch build has no quantized CPU engine (fbgemm/onednn) for --quantize int8")
     use_keep = calibration is not None and dev.type == "cpu"
     keep = outlier_features(model, calibration.to(dev), threshold) if use_keep else {}
+    _replace(model, lambda child: _bnb_linear(child.weight, dev, threshold) if dev.type == "cuda"
+             else Int8Linear(child.weight, threshold, keep.get(id(child))))
+    return model
+
+
+def _replace(model: nn.Module, make: Callable[[nn.Module], nn.Module]) -> None:
+    """Every target projection by ``make(projection)``; fairscale shards keep their communication."""
     for parent, name, child in _targets(model):
         kind = type(child).__name__
         if isinstance(child, nn.Linear):
@@ -247,10 +295,8 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str,
             raise QuantizeError(f"cannot quantize {name} of type {kind}")
         if getattr(child, "bias", None) is not None:
             raise QuantizeError(f"cannot quantize {name}: it has a bias (LLaMA projections have none)")
-        local = (_bnb_linear(child.weight, dev, threshold) if dev.type == "cuda"
-                 else Int8Linear(child.weight, threshold, keep.get(id(child))))
+        local = make(child)
         setattr(parent, name, local if sharded is None else ShardedInt8(local, *sharded))
-    return model
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -258,7 +304,7 @@ def weight_bytes(model: nn.Module) -> int:
     seen = set()
     total = 0
     for module in model.modules():
-        if isinstance(module, Int8Linear):
+        if isinstance(module, (Int8Linear, Int8WeightLinear)):
             total += module.weight_bytes()
         for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
             if id(t) not in seen:  # tied embedding/output counted once
@@ -277,7 +323,7 @@ def planned_weight_bytes(model: nn.Module, dtype: torch.dtype, mode: str) -> int
     item = torch.empty((), dtype=dtype).element_size()
     quantized = set()
     total = 0
-    if mode == "int8":
+    if mode in ("int8", "int8w"):
         for _, _, child in _targets(model):
             out_features, in_features = child.weight.shape
             quantized.add(id(child.weight))

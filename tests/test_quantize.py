@@ -300,14 +300,15 @@ def test_linear8bitlt_matches_fp16_linear(outliers):
 
 
 @pytest.mark.gpu
-def test_tiny_transformer_int8_close_to_fp16_on_cuda():
+@pytest.mark.parametrize("mode", ["int8", "int8w"])
+def test_tiny_transformer_int8_close_to_fp16_on_cuda(mode):
     model = tiny_model(torch.float16).cuda()
     ids = (torch.arange(64).view(2, 32) * 7 % 128).cuda()
     with torch.no_grad():
         ref = torch.log_softmax(model(ids), -1)
-        q = quantize_model(copy.deepcopy(model), "int8", "cuda")
+        q = quantize_model(copy.deepcopy(model), mode, "cuda")
         got = torch.log_softmax(q(ids), -1)
-    assert weight_bytes(q) == planned_weight_bytes(model, torch.float16, "int8")
+    assert weight_bytes(q) == planned_weight_bytes(model, torch.float16, mode)
     assert (got - ref).abs().max() > 0
     top = ref.argmax(-1, keepdim=True)
     assert (got.gather(-1, top) - ref.gather(-1, top)).abs().max() < 0.5

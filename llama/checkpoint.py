@@ -365,8 +365,6 @@ def write_hf(args: ModelArgs, state: StateDict, out_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # GGUF
 
-_gguf_field = gguf_field  # one GGUF metadata reader (llama.tokenizer's)
-
 
 def _read_gguf_tensor(f, t, meta: str, path: Path, mp_rank: int, mp_size: int, dtype: Optional[torch.dtype]) -> Tensor:
     """Read, dequantize and slice one tensor, a few rows at a time; only this rank's rows are read."""
@@ -421,11 +419,11 @@ def read_gguf(
 
     path = Path(path)
     reader = gguf.GGUFReader(str(path))
-    arch = _gguf_field(reader, "general.architecture")
+    arch = gguf_field(reader, "general.architecture")
     if arch != "llama":
         raise CheckpointError(f"{path}: architecture {arch!r} is not llama")
-    tokens = _gguf_field(reader, "tokenizer.ggml.tokens") or []
-    get = lambda k, d=None: _gguf_field(reader, f"llama.{k}", d)  # noqa: E731
+    tokens = gguf_field(reader, "tokenizer.ggml.tokens") or []
+    get = lambda k, d=None: gguf_field(reader, f"llama.{k}", d)  # noqa: E731
     args = ModelArgs(
         dim=get("embedding_length"), n_layers=get("block_count"), n_heads=get("attention.head_count"),
         n_kv_heads=get("attention.head_count_kv"), vocab_size=get("vocab_size", len(tokens)),

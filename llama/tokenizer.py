@@ -157,7 +157,7 @@ class HFTokenizer(Tokenizer):
             name = _token_str(cfg.get(key))
             if name is not None:
                 tid = tok.token_to_id(name)
-                if tid is None and key != "pad_token":  # a missing pad just falls back to eos
+                if tid is None:
                     raise ValueError(f"{self.path}: {key} {name!r} from the tokenizer config is not in the vocabulary")
                 return tid
             if default is not None:
@@ -206,12 +206,12 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         except (RuntimeError, OSError) as e:
             raise TokenizerError(f"{p}: not a SentencePiece model ({_first_line(e)}); {_USAGE}") from None
     if suffix == ".json":
-        head = _read_json_quietly(p)
-        if isinstance(head, dict) and "vocab" in head and "config" in head and "model" not in head:
-            raise TokenizerError(f"{p} is a Mistral tekken tokenizer, which is not supported; {_USAGE}")
         try:
             return HFTokenizer(p)
         except Exception as e:  # the tokenizers library raises bare Exceptions on foreign JSON
+            head = _read_json_quietly(p)  # read again only to name the format
+            if isinstance(head, dict) and "vocab" in head and "config" in head and "model" not in head:
+                raise TokenizerError(f"{p} is a Mistral tekken tokenizer, which is not supported; {_USAGE}") from None
             raise TokenizerError(f"{p}: not a Hugging Face tokenizer.json ({_first_line(e)}); {_USAGE}") from None
     if suffix == ".gguf":
         return HFTokenizer.from_gguf(p)

@@ -41,26 +41,13 @@ def hidden_path(output_path: str) -> str:
     return str(Path(output_path).with_suffix(".hidden.npy"))
 
 
-def _shared_prefix(token_lists: Sequence[List[int]]) -> int:
-    """Tokens common to the start of every list, leaving each at least one token of its own."""
-    first, n = token_lists[0], min(len(t) for t in token_lists) - 1
-    for t in token_lists[1:]:
-        i = 0
-        while i < n and t[i] == first[i]:
-            i += 1
-        n = i
-    return max(n, 0)
-
-
 def _run_model(lm: Any, token_lists: Sequence[List[int]], pool: str, skip_first: bool = False) -> np.ndarray:
     """(n, dim) float32: the last position's hidden state (pool="last") or the mean over positions.
 
-    For "last", the prefix common to all lists (the demonstrations of random prompts) is run once
-    and its keys/values reused, as the fast scorer does.
+    For "last", the shared prefix (the demonstrations of random prompts) comes from the scorer's
+    own cache (``LlamaLM.prefix_for``: the file's prefix, computed once per run).
     """
     import torch
-
-    from llama.model import KVCache
 
     model = lm.model
     device = model.tok_embeddings.weight.device
@@ -69,12 +56,8 @@ def _run_model(lm: Any, token_lists: Sequence[List[int]], pool: str, skip_first:
     out = np.zeros((len(token_lists), model.params.dim), dtype=np.float32)
     if not token_lists:
         return out
-    plen = _shared_prefix(token_lists) if pool == "last" else 0
-    prefix = None
-    if plen:
-        prefix = KVCache.for_model(model, 1, plen)
-        with torch.no_grad():
-            model(torch.tensor([token_lists[0][:plen]], device=device), 0, prefix, return_hidden=True)
+    with torch.no_grad():
+        plen, prefix = lm.prefix_for(token_lists) if pool == "last" else (0, None)
     rows = [t[plen:] for t in token_lists]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     start = 0

@@ -293,6 +293,13 @@ class LlamaLM:
             return len(self._shared)
         return min(common_prefix_len(contexts), min(len(c) for c in contexts) - 1)
 
+    def prefix_for(self, token_lists: Sequence[Sequence[int]]) -> Tuple[int, Optional[KVCache]]:
+        """(tokens served from the shared prefix, its one-row cache or None) for sequences that are
+        all run after it: the file's prefix when they extend it (computed once, reused), else
+        the prefix these sequences share."""
+        plen = self._split_len(token_lists)
+        return plen, (self._prefix_cache(list(token_lists[0][:plen]))[0] if plen else None)
+
     def _extends_shared(self, context: Sequence[int]) -> bool:
         """``context`` starts with set_shared_prefix's tokens and has at least one more."""
         n = len(self._shared)
@@ -371,10 +378,9 @@ class LlamaLM:
         prompts = self._encode_many(list(contexts), bos)
         if not prompts:
             return []
-        plen = self._split_len(prompts) if self.scoring == "fast" else 0  # demonstrations computed once
         out: List[str] = []
         with torch.no_grad():
-            prefix = self._prefix_cache(prompts[0][:plen])[0]
+            plen, prefix = self.prefix_for(prompts) if self.scoring == "fast" else (0, None)  # demonstrations once
             for start in range(0, len(prompts), self.max_batch_size):
                 batch = [p[plen:] for p in prompts[start: start + self.max_batch_size]]
                 self.tokens_processed += sum(len(p) for p in batch)

@@ -414,15 +414,16 @@ def evaluate(
     if save_hidden:
         settings["save_hidden"] = True
 
+    # What is behind the paths, not their names; hashed once (settings may change after loading).
+    digests: Dict[str, Any] = {"data_sha256": file_sha256(data_path)}
+    if needs_model:
+        digests.update(model_files=files_fingerprint(ckpt_dir), tokenizer_files=files_fingerprint(tokenizer_path))
+    if calibrator is not None:
+        assert direct_output_path is not None
+        digests.update(calibration=calibration, direct_output_sha256=file_sha256(direct_output_path))
+
     def fingerprint_of(settings: Dict[str, Any]) -> Dict[str, Any]:
-        fingerprint = {**settings, "data_sha256": file_sha256(data_path)}
-        if needs_model:  # what is behind the paths, not their names
-            fingerprint.update(model_files=files_fingerprint(ckpt_dir), tokenizer_files=files_fingerprint(tokenizer_path))
-        if calibrator is not None:
-            assert direct_output_path is not None
-            fingerprint.update(calibration=calibration, direct_output_sha256=file_sha256(direct_output_path))
-            fingerprint.update(calibrator.settings())
-        return fingerprint
+        return {**settings, **digests, **(calibrator.settings() if calibrator is not None else {})}
 
     fingerprint = fingerprint_of(settings)
     if reuse:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from classification.sampling import Example
+from classification.sampling import Example, by_class, stratified
 from classification.errors import ClassificationError
 from classification.templates import has_placeholder
 
@@ -62,24 +62,6 @@ def check_demos(demos: str, demo_pool: Optional[int], embedder: Optional[str], n
             raise ClassificationError("--embedder applies to --demos knn")
         if not Path(embedder).exists():
             raise ClassificationError(f"--embedder {embedder} does not exist; pass a local sentence-transformers model")
-
-
-def by_class(examples: Sequence[Example], n_classes: int) -> List[List[Example]]:
-    groups: List[List[Example]] = [[] for _ in range(n_classes)]
-    for ex in examples:
-        groups[ex.label].append(ex)
-    return groups
-
-
-def stratified(examples: Sequence[Example], n: int, rng: random.Random, n_classes: int, what: str) -> List[Example]:
-    """``n`` examples spread evenly over the classes (the first n % C classes get one more)."""
-    chosen: List[Example] = []
-    for c, group in enumerate(by_class(examples, n_classes)):
-        want = n // n_classes + (1 if c < n % n_classes else 0)
-        if want > len(group):
-            raise ClassificationError(f"{what} needs {want} training examples of label {c}, which has {len(group)}")
-        chosen.extend(rng.sample(group, want))
-    return sorted(chosen, key=lambda ex: ex.index)
 
 
 def draw_anchors(

@@ -19,7 +19,7 @@ class Example:
     index: int  # position in its split
 
 
-def _by_class(examples: Sequence[Example], n_classes: int) -> List[List[Example]]:
+def by_class(examples: Sequence[Example], n_classes: int) -> List[List[Example]]:
     groups: List[List[Example]] = [[] for _ in range(n_classes)]
     for ex in examples:
         groups[ex.label].append(ex)
@@ -36,7 +36,7 @@ def select_demonstrations(
     """
     if k < 0:
         raise ClassificationError(f"--k must be 0 or more, got {k}")
-    groups = [[ex for ex in group if not has_placeholder(ex.text)] for group in _by_class(train, n_classes)]
+    groups = [[ex for ex in group if not has_placeholder(ex.text)] for group in by_class(train, n_classes)]
     smallest = min(range(n_classes), key=lambda c: len(groups[c]))
     if k > len(groups[smallest]):
         raise ClassificationError(
@@ -59,16 +59,20 @@ def sample_test(
     """
     if n_sample < 1:
         raise ClassificationError(f"--n_sample must be at least 1, got {n_sample}")
-    groups = _by_class(test, n_classes)
-    rng = random.Random(seed)
+    return stratified(test, n_sample, random.Random(seed), n_classes, f"--n_sample {n_sample}", "test",
+                      "; use a smaller --n_sample")
+
+
+def stratified(examples: Sequence[Example], n: int, rng: random.Random, n_classes: int, what: str,
+               split: str = "training", hint: str = "") -> List[Example]:
+    """``n`` examples spread evenly over the classes (the first n % C classes get one more), drawn
+    with ``rng`` class by class, in split order.  ``what`` names the flag in the error."""
     chosen: List[Example] = []
-    for c, group in enumerate(groups):
-        want = n_sample // n_classes + (1 if c < n_sample % n_classes else 0)
+    for c, group in enumerate(by_class(examples, n_classes)):
+        want = n // n_classes + (1 if c < n % n_classes else 0)
         if want > len(group):
             raise ClassificationError(
-                f"--n_sample {n_sample} needs {want} test examples of label {c}, which has only "
-                f"{len(group)}; use a smaller --n_sample"
-            )
+                f"{what} needs {want} {split} examples of label {c}, which has only {len(group)}{hint}")
         chosen.extend(rng.sample(group, want))
     return sorted(chosen, key=lambda ex: ex.index)
 

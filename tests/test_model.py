@@ -105,9 +105,13 @@ def test_shared_prefix_attended_in_place(n_kv_heads):
     assert (torch.cat(steps, dim=1) - full).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_prefix_attention_equals_attention_over_the_concatenation(dtype):
-    """Two-part attention merged flash-style = one softmax over [prefix; own keys] (SDPA)."""
+def test_prefix_attention_equals_attention_over_the_concatenation(dtype, fused, monkeypatch):
+    """Two-part attention merged flash-style = one softmax over [prefix; own keys] (SDPA), with
+    torch's fused CPU kernel (fp32) and with the plain products every other device uses."""
+    if not fused:
+        monkeypatch.setattr(llama_model, "_CPU_FLASH", None)
     gen = torch.Generator().manual_seed(0)
     bsz, heads, kv_heads, s, p, d = 3, 6, 2, 5, 9, 8
     q = torch.randn(bsz, heads, s, d, generator=gen, dtype=dtype)

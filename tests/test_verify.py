@@ -14,7 +14,7 @@ from classification.errors import ClassificationError
 from llama.checkpoint import CheckpointError, load_model
 from llama.model import ModelArgs, Transformer
 from llama.tokenizer import SentencePieceTokenizer, TokenizerError, load_tokenizer
-from llama.verify import allowed_rows, verify_checklist
+from llama.verify import all_finite, allowed_rows, verify_checklist
 
 
 def tiny_meta(folder, vocab=96, poison=None):
@@ -56,6 +56,15 @@ def test_non_finite_weights_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"tensor layers\.0\.attention\.wk\.weight holds inf or NaN"):
         load_model(str(ckpt))
     load_model(str(tiny_meta(tmp_path / "ok")))
+
+
+def test_finite_check_looks_at_every_block():
+    t = torch.zeros(10, 7)
+    assert all_finite(t, block=4)
+    for at, bad in ((0, float("nan")), (39, float("inf")), (69, float("-inf"))):  # first, middle, last block
+        u = t.clone()
+        u.view(-1)[at] = bad
+        assert not all_finite(u, block=4) and not all_finite(u)
 
 
 def test_tokenizer_must_fit_the_embedding_up_to_padding(tmp_path):

@@ -5,7 +5,8 @@ change (e.g. be folded into the fast scorer) without touching their users:
 
 - :func:`context_hidden` -- the final-normed hidden state at the last token of each context, the
   position whose next-token distribution scores the label (``--save_hidden``, hidden/kNN
-  calibration);
+  calibration); states the scorer kept while scoring those contexts (``LlamaLM.keep_hidden``)
+  are taken as they are, the rest computed here;
 - :func:`text_embeddings` -- the mean of the final-normed hidden states over a text's own tokens
   (each text alone, BOS excluded): the default embedder of ``--demos knn``;
 - :func:`next_token_log_probs` -- the model's output head + log-softmax applied to saved hidden
@@ -98,7 +99,14 @@ def context_hidden(lm: Any, contexts: Sequence[str]) -> np.ndarray:
     ids = [lm.tokenizer.encode(c, bos=bos, eos=False) for c in contexts]
     if any(not t for t in ids):
         raise ClassificationError("a context has no tokens; cannot take its hidden state")
-    return _run_model(lm, ids, "last")
+    # States the scorer kept while scoring these contexts (LlamaLM.keep_hidden) need no forward pass.
+    take = getattr(lm, "take_hidden", None)
+    kept = take(ids) if callable(take) else [None] * len(ids)
+    computed = _run_model(lm, [t for t, state in zip(ids, kept) if state is None], "last")
+    if all(state is None for state in kept):
+        return computed
+    rest = iter(computed)
+    return np.stack([next(rest) if state is None else state for state in kept])
 
 
 def text_embeddings(lm: Any, texts: Sequence[str]) -> np.ndarray:

@@ -185,6 +185,8 @@ def make_scorer(
     if method == "generate":
         return lambda positions: methods.generate(lm, [records[p] for p in positions], **(generation or {}))
     score_fn = getattr(methods, method)
+    if save_hidden and hasattr(lm, "keep_hidden"):
+        lm.keep_hidden = True  # the hidden states come from the scoring pass, not a second one
 
     def scored(positions: List[int]) -> List[Result]:
         chunk = [records[p] for p in positions]

@@ -55,6 +55,7 @@ class _Row:
     at: List[int] = field(default_factory=list)
     target: List[int] = field(default_factory=list)
     request: List[int] = field(default_factory=list)
+    context: Tuple[int, ...] = ()  # the whole context's tokens (prefix included)
 
 
 def _build_row(ctx_suffix: List[int], conts: List[Tuple[int, List[int]]]) -> _Row:
@@ -172,6 +173,10 @@ class LlamaLM:
         self._shared: Optional[List[int]] = None  # set_shared_prefix's tokens
         self._prefix: Optional[Tuple[Tuple[int, ...], KVCache]] = None
         self.tokens_processed = 0  # tokens fed through the model (benchmarks report it)
+        # keep_hidden: while scoring, keep each context's final-normed hidden state at its last
+        # token (the position that scores the label), for take_hidden; {context ids: (dim,)}.
+        self.keep_hidden = False
+        self._hidden: Dict[Tuple[int, ...], np.ndarray] = {}
 
     def set_shared_prefix(self, text: str) -> Optional[float]:
         """Cache the tokens of ``text`` (minus its last token) once for every later request.
@@ -325,8 +330,11 @@ class LlamaLM:
         groups: Dict[Tuple[int, ...], List[int]] = {}
         for i, (ctx, _) in enumerate(pairs):
             groups.setdefault(tuple(ctx), []).append(i)
-        rows = [_build_row(list(ctx[plen:]), part) for ctx, idx in groups.items()
-                for part in _split_group(len(ctx) - plen, [(ids[i], pairs[i][1]) for i in idx])]
+        rows = []
+        for ctx, idx in groups.items():
+            for part in _split_group(len(ctx) - plen, [(ids[i], pairs[i][1]) for i in idx]):
+                rows.append(_build_row(list(ctx[plen:]), part))
+                rows[-1].context = ctx
         rows.sort(key=lambda r: len(r.tokens))
         prefix = self._prefix_cache(pairs[0][0][:plen])[0] if plen else None
         for batch in self._batches(rows):
@@ -352,9 +360,16 @@ class LlamaLM:
         def put(a: np.ndarray) -> Tensor:
             return torch.from_numpy(a).to(dev, non_blocking=True)
 
-        logits = self.model(put(arrays.tokens), 0, None, positions=put(arrays.positions),
-                            mask=put(arrays.mask)[:, None], logits_at=put(arrays.logits_at),
-                            prefix=prefix)  # (bsz, n_sel, vocab) fp32
+        h = self.model(put(arrays.tokens), 0, None, positions=put(arrays.positions),
+                       mask=put(arrays.mask)[:, None], logits_at=put(arrays.logits_at),
+                       prefix=prefix, return_hidden=True)  # (bsz, n_sel, dim): norm(h) at scored positions
+        if self.keep_hidden:
+            # A row's first scored entry is predicted at its context's last token.
+            first = np.cumsum([0] + [len(r.at) for r in rows[:-1]])
+            states = h[torch.arange(len(rows), device=dev), put(arrays.at_slot[first])].float().cpu().numpy()
+            for row, state in zip(rows, states):
+                self._hidden.setdefault(row.context, state)
+        logits = self.model.output(h).float()  # (bsz, n_sel, vocab), as the model's own forward ends
         self.tokens_processed += int(sum(len(r.tokens) for r in rows))
         # Gather on the device: only the scored log-probs are copied back.
         logp = torch.log_softmax(logits, dim=-1)[put(arrays.at_row), put(arrays.at_slot), put(arrays.target)].double()
@@ -362,6 +377,13 @@ class LlamaLM:
         sums = torch.zeros(len(reqs), dtype=logp.dtype, device=dev).index_add_(0, put(local), logp)
         for req, value in zip(reqs.tolist(), sums.tolist()):
             out[req] = value
+
+    def take_hidden(self, contexts: Sequence[Sequence[int]]) -> List[Optional[np.ndarray]]:
+        """The states kept (``keep_hidden``) for these contexts' token ids while they were scored,
+        None for any not scored since the last call; every kept state is then dropped."""
+        got = [self._hidden.get(tuple(c)) for c in contexts]
+        self._hidden.clear()
+        return got
 
     # -- generation --------------------------------------------------------------------------
 

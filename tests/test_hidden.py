@@ -95,3 +95,28 @@ def test_saved_rows_round_trip_as_float16(tmp_path):
     assert saved.dtype == np.float16 and saved.shape == (4, 64)
     want = hidden.context_hidden(lm, [DEMOS + f"Article: {t}\nCategory:" for t in TEXTS])
     np.testing.assert_allclose(saved.astype(np.float32), want, rtol=1e-3, atol=1e-3)
+
+
+def test_scoring_keeps_the_states_that_save_hidden_needs(monkeypatch):
+    """With keep_hidden the direct scoring pass itself yields each record's state: no second
+    forward pass, the same vectors as computing them afresh, and the same log-probs."""
+    from classification import methods
+
+    records = [{"prompt": DEMOS + "Article: {text}\nCategory:", "completion": "{label_word}", "text": t,
+                "label_words": ["x", "y", "z w"]} for t in TEXTS]
+    plain = tiny_lm()
+    want_results = methods.direct(plain, records, "eos")
+    want = hidden.context_hidden(plain, hidden.record_contexts(plain, records))
+    lm = tiny_lm()
+    lm.keep_hidden = True
+    results = methods.direct(lm, records, "eos")
+    runs = []
+    real_run = hidden._run_model
+    monkeypatch.setattr(hidden, "_run_model", lambda m, ids, *a, **k: runs.append(len(ids)) or real_run(m, ids, *a, **k))
+    got = hidden.context_hidden(lm, hidden.record_contexts(lm, records))
+    assert runs == [0]  # every state was kept while scoring
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    for a, b in zip(results, want_results):
+        np.testing.assert_allclose(a["log_probs"], b["log_probs"], atol=1e-6)
+    assert hidden.context_hidden(lm, hidden.record_contexts(lm, records[:1])).shape == (1, 64)  # then computed
+    assert runs == [0, 1]

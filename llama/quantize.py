@@ -313,9 +313,13 @@ def weight_bytes(model: nn.Module) -> int:
             if id(t) not in seen:  # tied embedding/output counted once
                 seen.add(id(t))
                 total += t.numel() * t.element_size()
-                scb = getattr(t, "SCB", None)  # bitsandbytes' row scales
-                if isinstance(scb, Tensor):
-                    total += scb.numel() * scb.element_size()
+        # bitsandbytes' row scales: on the weight until the layer's first forward pass, which
+        # moves them into the layer's matmul state.
+        for holder in (getattr(module, "weight", None), getattr(module, "state", None)):
+            scb = getattr(holder, "SCB", None)
+            if isinstance(scb, Tensor) and id(scb) not in seen:
+                seen.add(id(scb))
+                total += scb.numel() * scb.element_size()
     return total
 
 

@@ -271,6 +271,53 @@ def test_default_model_int8w_keeps_channel(default_model_dir, shared_data):
     assert weight_bytes(int8w) < 0.45 * weight_bytes(base)
 
 
+# -- bitsandbytes LLM.int8, the layers of the CUDA path -----------------------------------------
+# bitsandbytes' CPU backend runs the very layers quantize_model builds for CUDA (_bnb_linear), so
+# their construction, int8 weights, dtypes, results and byte count are checked here without a GPU.
+# That backend multiplies by the dequantized int8 weights (its results do not depend on the
+# threshold), so the outlier split and the CUDA kernels are checked only under `pytest -m gpu`.
+
+
+def test_bitsandbytes_layer_as_built_for_cuda():
+    pytest.importorskip("bitsandbytes")
+    from llama.quantize import _bnb_linear
+
+    torch.manual_seed(0)
+    w = torch.randn(96, 64) * 0.05
+    x = torch.randn(2, 17, 64)
+    x[..., 5] *= 30  # an outlier feature, above the threshold of 6
+    ref = (x.double() @ w.double().t()).numpy()
+    layer = _bnb_linear(w, torch.device("cpu"), 6.0)
+    assert type(layer).__name__ == "Linear8bitLt" and layer.weight.dtype == torch.int8
+    assert weight_bytes(layer) == 96 * 64 + 4 * 96  # int8 values + one fp32 scale per row
+    y = layer(x.half())
+    assert y.dtype == torch.float16 and y.shape == (2, 17, 96)
+    # Within our hand-derived LLM.int8 bound (symmetric int8 activations would take a step of
+    # r / 127, 1.004x ours), plus fp16 rounding of inputs, weights and result.
+    xn = x.reshape(-1, 64).double().numpy()
+    bound = 1.01 * error_bound(xn, w.double().numpy(), 6.0) + 2e-3 * np.abs(ref.reshape(-1, 96)) + 2e-3
+    assert (np.abs(y.reshape(-1, 96).double().numpy() - ref.reshape(-1, 96)) <= bound).all()
+    assert weight_bytes(layer) == 96 * 64 + 4 * 96  # still counted once the scales moved into its state
+
+
+def test_tiny_transformer_with_the_bitsandbytes_layers():
+    pytest.importorskip("bitsandbytes")
+    from llama.quantize import _bnb_linear, _replace
+
+    model = tiny_model(torch.float16)
+    ids = torch.arange(64).view(2, 32) * 7 % 128
+    with torch.no_grad():
+        ref = torch.log_softmax(model(ids).float(), -1)
+        q = copy.deepcopy(model)
+        _replace(q, lambda child: _bnb_linear(child.weight, torch.device("cpu"), 6.0))
+        got = torch.log_softmax(q(ids).float(), -1)
+    assert weight_bytes(q) == planned_weight_bytes(model, torch.float16, "int8")
+    assert (got - ref).abs().max() > 0
+    top = ref.argmax(-1, keepdim=True)
+    assert (got.gather(-1, top) - ref.gather(-1, top)).abs().max() < 0.5
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
+
+
 # -- CUDA: bitsandbytes LLM.int8 (run on a GPU machine: pytest -m gpu) ----------------------------
 
 

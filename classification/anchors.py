@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, check_int
 from classification.fileio import file_sha256
 from classification.hidden import hidden_path, load_hidden, next_token_log_probs
 from classification.records import load_records
@@ -138,8 +138,8 @@ class AnchorCalibration:
         if name not in NAMES:
             raise ClassificationError(f"anchor calibration {name!r} is not one of {', '.join(NAMES)}")
         for flag, value in (("--n_anchor", n_anchor), ("--knn_k", knn_k)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ClassificationError(f"{flag} must be a positive integer, got {value!r}")
+            if value is not None:
+                check_int(flag, value, 1)
         self.name, self.n_anchor, self.knn_k = name, n_anchor, knn_k
         self.log_probs: np.ndarray = np.zeros((0, 0))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 from classification import anchors, methods
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, check_int
 from classification.lm import LanguageModel
 
 Record = Dict[str, Any]
@@ -176,8 +176,8 @@ class Batch(Calibration):
     def __init__(self, options: CalibrationOptions, records: Sequence[Record]) -> None:
         super().__init__(options, records)
         size = options.batch_size
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-            raise ClassificationError(f"--batch_size must be a positive integer, got {size!r}")
+        if size is not None:
+            check_int("--batch_size", size, 1)
         self.calibrated: List[List[float]] = []
         self.priors: List[List[float]] = []
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification.cli import as_list
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, check_int
 from classification.fileio import check_output_path, write_json_atomic
 from classification.methods import TEMPLATE_METHODS
 from classification.presets import DEFAULT_TEMPLATES, PRESETS, Source, get_preset
@@ -177,8 +177,7 @@ def make_records(
     if method not in TEMPLATE_METHODS:
         raise ClassificationError(f"unknown method {method!r} for inputs; use one of {', '.join(TEMPLATE_METHODS)}")
     for flag, value in (("--k", k), ("--seed", seed), ("--n_sample", n_sample)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ClassificationError(f"{flag} must be an integer, got {value!r}")
+        check_int(flag, value)
     chosen_template = template if template is not None else dataset.templates[method]
     instruction = dataset.instruction if template is None else ""
     parse_template(chosen_template, method)  # one-line error before any work

@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from classification.sampling import Example, by_class, stratified
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, check_int
 from classification.templates import has_placeholder
 
 DEMOS = ("random", "bm25", "knn")
@@ -53,8 +53,8 @@ def check_demos(demos: str, demo_pool: Optional[int], embedder: Optional[str], n
     if demos not in DEMOS:
         raise ClassificationError(f"--demos {demos!r} is not one of {', '.join(DEMOS)}")
     for flag, value, least in (("--demo_pool", demo_pool, 1), ("--n_anchor", n_anchor, 0)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-            raise ClassificationError(f"{flag} must be an integer of at least {least}, got {value!r}")
+        if value is not None:
+            check_int(flag, value, least)
     if demo_pool is not None and demos == "random":
         raise ClassificationError("--demo_pool applies to --demos bm25 or knn")
     if embedder is not None:

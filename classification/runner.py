@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification import hidden, methods
 from classification.calibrations import Calibration, CalibrationOptions, calibration_class
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, check_int
 from classification.fileio import check_output_path, file_sha256
 from classification.lm import LanguageModel
 from classification.metrics import calibration_metrics, classification_metrics
@@ -118,8 +118,7 @@ def _check_flags(
     methods.completion_suffix(completion_end)
     for flag, value in (("--max_seq_len", max_seq_len), ("--max_batch_size", max_batch_size),
                         ("--max_gen_len", max_gen_len), ("chunk_size", chunk_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ClassificationError(f"{flag} must be a positive integer, got {value!r}")
+        check_int(flag, value, 1)
     if not isinstance(temperature, (int, float)) or temperature < 0:
         raise ClassificationError(f"--temperature must be 0 (greedy) or more, got {temperature!r}")
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:

@@ -24,7 +24,7 @@ from classification import anchors, runner
 from classification.cli import as_list
 from classification.datasets import Dataset, load_dataset, make_records
 from classification.presets import PRESETS
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, check_int
 from classification.fileio import write_json_atomic
 from classification.calibrations import CALIBRATIONS
 from classification.table import method_label
@@ -172,10 +172,8 @@ def run_seeds(
     """
     chosen = check_methods(methods)
     seed_list = check_seeds(seeds)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-        raise ClassificationError(f"--k must be an integer, 0 or more, got {k!r}")
-    if not isinstance(n_sample, int) or isinstance(n_sample, bool) or n_sample < 0:
-        raise ClassificationError(f"--n_sample must be an integer, 0 (all) or more, got {n_sample!r}")
+    check_int("--k", k, 0)
+    check_int("--n_sample", n_sample, 0)
     data = load_spec(dataset, data_dir)
     root = Path(out_dir or f"outputs/{data.name}/k{k}")
     needed = {"direct"} if any(m in chosen for m in ("direct", "generate") + tuple(CALIBRATIONS)) else set()

@@ -34,13 +34,13 @@ from classification.metrics import calibration_metrics, classification_metrics
 from classification.methods import METHODS
 from classification.records import load_direct_outputs, load_records
 from classification.resume import (
-    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, partial_path,
-    read_metrics, run_resumable, shard, write_finished,
+    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, read_metrics,
+    run_resumable, write_finished,
 )
 from classification.scoring import SCORING_MODES as SCORINGS
 from llama.quantize import QUANTIZE_MODES
 
-__all__ = ["evaluate", "load_model", "metrics_path", "partial_path", "shard", "DEFAULT_CKPT_DIR"]
+__all__ = ["evaluate", "load_model", "metrics_path", "DEFAULT_CKPT_DIR"]
 
 DEFAULT_CKPT_DIR = "checkpoints/smollm2/135M"
 DEFAULT_TOKENIZER_PATH = "checkpoints/smollm2/tokenizer.json"

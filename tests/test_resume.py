@@ -170,3 +170,11 @@ def test_a_killed_small_run_keeps_what_it_finished(tmp_path):
     m = runner.evaluate("direct", data, out, lm=lm)
     assert m["n_resumed"] == saved and sum(lm.requests.values()) == 4 * (len(recs) - saved)
     assert m["accuracy"] == 1.0
+
+
+def test_shard_is_strided_and_complete():
+    positions = list(range(10))
+    shards = [resume.shard(positions, r, 3) for r in range(3)]
+    assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert resume.partial_path("o.json") == "o.json.partial.jsonl"
+    assert resume.partial_path("o.json", 1, 2) == "o.json.partial.1.jsonl"

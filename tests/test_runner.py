@@ -142,14 +142,6 @@ def test_chunk_size_does_not_change_results(tmp_path):
     assert read(str(tmp_path / "a.json")) == read(str(tmp_path / "b.json"))
 
 
-def test_shard_is_strided_and_complete():
-    positions = list(range(10))
-    shards = [runner.shard(positions, r, 3) for r in range(3)]
-    assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
-    assert runner.partial_path("o.json") == "o.json.partial.jsonl"
-    assert runner.partial_path("o.json", 1, 2) == "o.json.partial.1.jsonl"
-
-
 @pytest.mark.parametrize("world_size, mp_size", [(2, 1), (3, 1), (4, 2)])
 def test_data_parallel_matches_single_process(tmp_path, world_size, mp_size):
     data, recs = write_inputs(tmp_path)

@@ -13,8 +13,8 @@ its ``.hidden.npy``), so they are cached and resumable like any run.
 - ``lda`` -- the same states through a linear discriminant (not in the papers; tried here because
   nearest centroids ignore that some directions of the hidden space vary much more than others):
   class means, the pooled within-class covariance S shrunk to S + λ·(tr S / dim)·I, equal priors;
-  λ from :data:`SHRINKAGES` by 4-fold cross-validation on the anchors (no test labels; ties to the
-  larger λ, and λ → ∞ is the nearest centroid).  ``log_probs`` = the discriminant's log-softmax.
+  λ from :data:`SHRINKAGES` by 4-fold cross-validation on the anchors (folds by rank within each
+  class; no test labels; ties to the larger λ, and λ → ∞ is the nearest centroid).  ``log_probs`` = the discriminant's log-softmax.
 - ``knn`` -- kNN prompting (Xu et al., ICLR 2023): the anchors' next-token distributions over the
   whole vocabulary (output head + log-softmax of the saved states) are the datastore; the
   distance of a test distribution q to an anchor's p is their code's
@@ -69,39 +69,60 @@ class ShrinkageLDA:
         self.shrinkages, self.folds = tuple(shrinkages), folds
 
     @staticmethod
-    def _fit(x: np.ndarray, y: np.ndarray, n_classes: int, lam: float) -> Tuple[np.ndarray, np.ndarray]:
+    def _fit(x: np.ndarray, y: np.ndarray, n_classes: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Class means (C, dim) and the pooled within-class covariance S = V' diag(e) V, as its
+        eigenvectors V (r, dim) with r <= anchors, eigenvalues e (r,) and tr S / dim."""
         means = np.stack([x[y == c].mean(axis=0) for c in range(n_classes)])  # (C, dim)
-        resid = x - means[y]
-        cov = resid.T @ resid / len(x)  # (dim, dim), pooled within-class
-        return means, np.linalg.inv(cov + lam * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0]))
+        resid = (x - means[y]) / np.sqrt(len(x))  # S = resid' resid
+        _, sv, vt = np.linalg.svd(resid, full_matrices=False)  # (r,), (r, dim)
+        e = sv**2
+        return means, vt, e, max(float(e.sum()) / x.shape[1], 1e-300)
 
     @staticmethod
-    def _scores(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    def _means_times_precision(means: np.ndarray, vt: np.ndarray, e: np.ndarray, s: float) -> np.ndarray:
+        # (S + s I)^-1 = (I - V' diag(e / (e + s)) V) / s: only the anchors' span, no dim x dim
+        # inverse (per fold and shrinkage that was seconds at dim 4096).
+        return (means - ((means @ vt.T) * (e / (e + s))) @ vt) / s  # (C, dim)
+
+    @staticmethod
+    def _scores(x: np.ndarray, means: np.ndarray, pm: np.ndarray) -> np.ndarray:
         # -(x - m)' P (x - m) / 2 without the term every class shares: x' P m - m' P m / 2.
-        pm = means @ precision  # (C, dim)
         return x @ pm.T - 0.5 * (pm * means).sum(1)[None, :]
 
-    def cv_accuracy(self, x: np.ndarray, y: np.ndarray, n_classes: int, lam: float) -> float:
-        """Accuracy over ``folds`` folds of the anchors (fold = position modulo folds)."""
-        fold = np.arange(len(x)) % self.folds
-        right = 0
+    def cv_accuracy(self, x: np.ndarray, y: np.ndarray, n_classes: int) -> Dict[float, float]:
+        """{λ: accuracy over ``folds`` folds of the anchors}.  Fold = an anchor's rank within its
+        class modulo folds, so every fold trains on every class whatever the order of the file."""
+        fold = np.zeros(len(x), dtype=np.int64)
+        for c in range(n_classes):
+            fold[y == c] = np.arange(int((y == c).sum())) % self.folds
+        right = dict.fromkeys(self.shrinkages, 0)
         for f in range(self.folds):
             train = fold != f
-            right += int((self._scores(x[~train], *self._fit(x[train], y[train], n_classes, lam)).argmax(1)
-                          == y[~train]).sum())
-        return right / len(x)
+            means, vt, e, unit = self._fit(x[train], y[train], n_classes)
+            for lam in self.shrinkages:
+                pm = self._means_times_precision(means, vt, e, lam * unit)
+                right[lam] += int((self._scores(x[~train], means, pm).argmax(1) == y[~train]).sum())
+        return {lam: n / len(x) for lam, n in right.items()}
 
     def fit(self, x: np.ndarray, y: np.ndarray, n_classes: int) -> "ShrinkageLDA":
         x = x.astype(np.float64)
         if np.bincount(y, minlength=n_classes).min() >= 2 * self.folds:
-            self.shrinkage = max(self.shrinkages, key=lambda lam: (self.cv_accuracy(x, y, n_classes, lam), lam))
+            accuracy = self.cv_accuracy(x, y, n_classes)
+            self.shrinkage = max(self.shrinkages, key=lambda lam: (accuracy[lam], lam))
         else:  # too few anchors to cross-validate: the strongest shrinkage
             self.shrinkage = max(self.shrinkages)
-        self.means, self.precision = self._fit(x, y, n_classes, self.shrinkage)
+        self.means, self._vt, self._e, unit = self._fit(x, y, n_classes)
+        self._s = self.shrinkage * unit
+        self._pm = self._means_times_precision(self.means, self._vt, self._e, self._s)
         return self
 
+    @property
+    def precision(self) -> np.ndarray:
+        """The shrunk covariance's inverse (dim, dim); scoring never forms it."""
+        return (np.eye(self._vt.shape[1]) - self._vt.T @ (self._vt * (self._e / (self._e + self._s))[:, None])) / self._s
+
     def scores(self, x: np.ndarray) -> np.ndarray:
-        return self._scores(x.astype(np.float64), self.means, self.precision)
+        return self._scores(x.astype(np.float64), self.means, self._pm)
 
 
 class KnnVote:

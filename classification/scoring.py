@@ -20,7 +20,7 @@ Both compute the same numbers: log p(continuation tokens [+ EOS] | context).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ from llama.generation import generate
 from llama.model import KVCache, Transformer
 
 SCORING_MODES = ("fast", "naive")
+# Logits (positions x vocabulary, fp32) of one block of the output head in the fast path: 256 MiB.
+HEAD_BLOCK = 1 << 26
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -369,14 +371,34 @@ class LlamaLM:
             states = h[torch.arange(len(rows), device=dev), put(arrays.at_slot[first])].float().cpu().numpy()
             for row, state in zip(rows, states):
                 self._hidden.setdefault(row.context, state)
-        logits = self.model.output(h).float()  # (bsz, n_sel, vocab), as the model's own forward ends
         self.tokens_processed += int(sum(len(r.tokens) for r in rows))
-        # Gather on the device: only the scored log-probs are copied back.
-        logp = torch.log_softmax(logits, dim=-1)[put(arrays.at_row), put(arrays.at_slot), put(arrays.target)].double()
+        logp = self._scored_log_probs(h, arrays, put)
         reqs, local = np.unique(arrays.request, return_inverse=True)
         sums = torch.zeros(len(reqs), dtype=logp.dtype, device=dev).index_add_(0, put(local), logp)
         for req, value in zip(reqs.tolist(), sums.tolist()):
             out[req] = value
+
+    def _scored_log_probs(self, h: Tensor, arrays: _Batch, put: Callable[[np.ndarray], Tensor]) -> Tensor:
+        """(n_scored,) fp64 log p(target) of every scored entry, from the final-normed states h
+        (bsz, n_sel, dim), computed on the device.
+
+        The output head and log-softmax run once per distinct scored position (no padding
+        slots), in blocks of at most HEAD_BLOCK logits: the logits of a whole batch (positions x
+        vocabulary, gigabytes for channel with a 128K vocabulary) never exist at once.  It is
+        torch's log-softmax, as in the naive path, HF transformers and lm-evaluation-harness:
+        logit - logsumexp is closer to fp64 on CPU (its log-softmax is ~4e-6 nats per token
+        high), but would no longer equal theirs.
+        """
+        positions, entry_pos = np.unique(arrays.at_row * h.shape[1] + arrays.at_slot, return_inverse=True)
+        hv = h.flatten(0, 1)[put(positions)]  # (n_positions, dim)
+        step = max(1, HEAD_BLOCK // self.model.params.vocab_size)
+        logp = torch.empty(len(entry_pos), dtype=torch.float64, device=self.device)
+        for start in range(0, len(positions), step):
+            logits = self.model.output(hv[start: start + step]).float()  # (≤ step, vocab), as forward ends
+            block = torch.log_softmax(logits, dim=-1)
+            sel = np.flatnonzero((entry_pos >= start) & (entry_pos < start + step))
+            logp[put(sel)] = block[put(entry_pos[sel] - start), put(arrays.target[sel])].double()
+        return logp
 
     def take_hidden(self, contexts: Sequence[Sequence[int]]) -> List[Optional[np.ndarray]]:
         """The states kept (``keep_hidden``) for these contexts' token ids while they were scored,

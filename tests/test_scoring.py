@@ -296,3 +296,16 @@ def test_fast_equals_naive_on_real_ag_news_k4(smollm, ag_news_k4, ag_news_k4_res
     for rec, delta in zip(recs, deltas):
         n_scored = len(tok.encode(" " + rec["text"], bos=False, eos=False)) + 1  # + EOS
         assert delta <= sum_tolerance(n_scored), (rec["index"], n_scored)
+
+
+def test_output_head_in_blocks_changes_nothing(monkeypatch):
+    """The head + log-softmax over blocks of a few positions = over the whole batch at once."""
+    from classification import scoring
+
+    demo = "demonstration text shared by all " * 4
+    requests = [(demo + f"input {t}:", f" label {y} and more words") for t in ("one", "two two", "x")
+                for y in ("a", "bb", "a c")]
+    whole = _random_lm(torch.float32, "fast", device="cpu").loglikelihood(requests)
+    monkeypatch.setattr(scoring, "HEAD_BLOCK", 512 * 3)  # vocabulary 512: 3 positions per block
+    blocked = _random_lm(torch.float32, "fast", device="cpu").loglikelihood(requests)
+    assert max(abs(a - b) for a, b in zip(whole, blocked)) <= 1e-5

@@ -152,7 +152,7 @@ def trained_context(path: str | Path) -> Tuple[Optional[int], str]:
 FINITE_BLOCK = 1 << 24
 
 
-def all_finite(t: "Tensor", block: int = FINITE_BLOCK) -> bool:
+def tensor_is_finite(t: "Tensor", block: int = FINITE_BLOCK) -> bool:
     """Whether every element of ``t`` is finite, checked ``block`` elements at a time."""
     import torch
 
@@ -163,7 +163,7 @@ def all_finite(t: "Tensor", block: int = FINITE_BLOCK) -> bool:
 def check_finite(tensors: Iterable[Tuple[str, "Tensor"]], path: str) -> None:
     """Every floating-point tensor must hold only finite values (corrupted bytes decode to inf/NaN)."""
     for name, t in tensors:
-        if t.is_floating_point() and t.device.type != "meta" and not all_finite(t):
+        if t.is_floating_point() and t.device.type != "meta" and not tensor_is_finite(t):
             raise VerifyError(
                 f"{path}: tensor {name} holds inf or NaN values; the checkpoint is corrupted, download it again"
             )

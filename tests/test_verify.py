@@ -14,7 +14,7 @@ from classification.errors import ClassificationError
 from llama.checkpoint import CheckpointError, load_model
 from llama.model import ModelArgs, Transformer
 from llama.tokenizer import SentencePieceTokenizer, TokenizerError, load_tokenizer
-from llama.verify import all_finite, allowed_rows, verify_checklist
+from llama.verify import tensor_is_finite, allowed_rows, verify_checklist
 
 
 def tiny_meta(folder, vocab=96, poison=None):
@@ -60,11 +60,11 @@ def test_non_finite_weights_are_refused(tmp_path):
 
 def test_finite_check_looks_at_every_block():
     t = torch.zeros(10, 7)
-    assert all_finite(t, block=4)
+    assert tensor_is_finite(t, block=4)
     for at, bad in ((0, float("nan")), (39, float("inf")), (69, float("-inf"))):  # first, middle, last block
         u = t.clone()
         u.view(-1)[at] = bad
-        assert not all_finite(u, block=4) and not all_finite(u)
+        assert not tensor_is_finite(u, block=4) and not tensor_is_finite(u)
 
 
 def test_tokenizer_must_fit_the_embedding_up_to_padding(tmp_path):

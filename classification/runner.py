@@ -167,6 +167,10 @@ def make_scorer(
     """positions -> results for ``method`` (calibrations are prepared here, once); ``save_hidden``:
     each result also carries its label-predicting hidden state (:func:`classification.hidden.attach_hidden`)."""
     label_words: List[str] = records[0]["label_words"]
+    if hasattr(lm, "keep_hidden"):
+        # The hidden states come from the scoring pass, not a second one.  Set on every run: one
+        # model object can serve several (seeds, anchors), and states nobody takes would pile up.
+        lm.keep_hidden = save_hidden
     if calibration is not None:
         direct_lp = [o["log_probs"] for o in direct_outputs]
         calibration.prepare(lm, records, direct_lp)
@@ -184,8 +188,6 @@ def make_scorer(
     if method == "generate":
         return lambda positions: methods.generate(lm, [records[p] for p in positions], **(generation or {}))
     score_fn = getattr(methods, method)
-    if save_hidden and hasattr(lm, "keep_hidden"):
-        lm.keep_hidden = True  # the hidden states come from the scoring pass, not a second one
 
     def scored(positions: List[int]) -> List[Result]:
         chunk = [records[p] for p in positions]

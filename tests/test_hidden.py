@@ -120,3 +120,18 @@ def test_scoring_keeps_the_states_that_save_hidden_needs(monkeypatch):
         np.testing.assert_allclose(a["log_probs"], b["log_probs"], atol=1e-6)
     assert hidden.context_hidden(lm, hidden.record_contexts(lm, records[:1])).shape == (1, 64)  # then computed
     assert runs == [0, 1]
+
+
+def test_states_are_kept_only_for_runs_that_save_them(tmp_path):
+    """One model object across runs (seeds, anchors): a run with --save_hidden takes every state
+    it kept, and a later run without it keeps none."""
+    from classification import runner
+    from test_runner import write_inputs
+
+    data, recs = write_inputs(tmp_path)
+    lm = tiny_lm()
+    runner.evaluate("direct", data, str(tmp_path / "a.json"), lm=lm, save_hidden=True)
+    assert lm.keep_hidden and not lm._hidden
+    assert np.load(hidden.hidden_path(str(tmp_path / "a.json"))).shape == (len(recs), 64)
+    runner.evaluate("direct", data, str(tmp_path / "b.json"), lm=lm)
+    assert not lm.keep_hidden and not lm._hidden

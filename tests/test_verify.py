@@ -14,7 +14,7 @@ from classification.errors import ClassificationError
 from llama.checkpoint import CheckpointError, load_model
 from llama.model import ModelArgs, Transformer
 from llama.tokenizer import SentencePieceTokenizer, TokenizerError, load_tokenizer
-from llama.verify import tensor_is_finite, allowed_rows, verify_checklist
+from llama.verify import allowed_rows, tensor_is_finite, verify_checklist
 
 
 def tiny_meta(folder, vocab=96, poison=None):

@@ -162,16 +162,24 @@ class KVCache:
 PREFIX_SCORE_BLOCK = 1 << 26
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+def attention_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """The additive form of a bool attention mask (0 where True, -inf where False) in ``dtype``;
+    a mask that is already additive is returned as it is."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float) -> Tuple[Tensor, Tensor, Tensor]:
     """Unnormalised attention of q over k/v: (Σ_j e_j v_j, max score m, Σ_j e_j), e_j = exp(s_j - m).
 
-    q (..., s, d), k/v (..., t, d) broadcastable in the leading dims; mask bool (..., s, t), at
-    least one key visible per query.  Accumulates in fp32 (fp64 for fp64 inputs).
+    q (..., s, d), k/v (..., t, d) broadcastable in the leading dims; bias additive (..., s, t),
+    at least one key visible per query.  Accumulates in fp32 (fp64 for fp64 inputs).
     """
     acc = torch.promote_types(q.dtype, torch.float32)
     scores = torch.matmul(q, k.transpose(-1, -2)).to(acc) * scale
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    if bias is not None:
+        scores = scores + bias
     m = scores.amax(dim=-1, keepdim=True)
     e = torch.exp(scores - m)
     return torch.matmul(e.to(v.dtype), v).to(acc), m, e.sum(dim=-1, keepdim=True)
@@ -193,15 +201,15 @@ def _attend_own(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: 
     packed tokens the plain products' element-wise passes over them took as long as all the
     projections together.
     """
+    bias = None if mask is None else attention_bias(mask, q.dtype)
     if _cpu_flash(q):
-        bias = None if mask is None else torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
         out, lse = _CPU_FLASH(q, k, v, 0.0, False, attn_mask=bias, scale=scale)[:2]  # shares KV heads itself
         return out, lse[..., None]
     bsz, n_heads, s, d = q.shape
     kv_heads = k.shape[1]
     qg = q.view(bsz, kv_heads, n_heads // kv_heads, s, d)  # heads sharing one KV head side by side
-    own_mask = None if mask is None else mask.unsqueeze(2)  # (bsz or 1, 1, 1, s, t)
-    num, m, l = _attend(qg, k.unsqueeze(2), v.unsqueeze(2), own_mask, scale)  # (bsz, kv, g, s, ·)
+    own_bias = None if bias is None else bias.unsqueeze(2)  # (bsz or 1, 1, 1, s, t)
+    num, m, l = _attend(qg, k.unsqueeze(2), v.unsqueeze(2), own_bias, scale)  # (bsz, kv, g, s, ·)
     return (num / l).view(bsz, n_heads, s, d), (m + torch.log(l)).view(bsz, n_heads, s, 1)
 
 
@@ -239,7 +247,7 @@ def prefix_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], pr
     """Softmax attention over [shared prefix keys ; each row's own keys], in two exact parts.
 
     q (bsz, heads, s, d); k, v (bsz, kv_heads, t, d): the rows' own keys, visible where ``mask``
-    (bool, broadcastable to (bsz, 1, s, t)) is True; prefix_k/v (1, kv_heads, p, d): visible to
+    (bool, or its :func:`attention_bias`; broadcastable to (bsz, 1, s, t)) allows; prefix_k/v (1, kv_heads, p, d): visible to
     every query and never copied per row.  Each part gives its softmax output o and log-sum-exp
     L, and they merge exactly: out = w o_prefix + (1 - w) o_own, where w = sigmoid(L_prefix -
     L_own) is the prefix's share of the softmax mass.
@@ -362,6 +370,8 @@ class Transformer(nn.Module):
             slots = torch.arange(start_pos + seqlen, device=tokens.device)
             mask = slots[None, :] <= slots[start_pos:, None]  # (seqlen, start_pos + seqlen)
             mask = mask[None, None]
+        if mask is not None:  # once for every layer
+            mask = attention_bias(mask, h.dtype)
         for layer in self.layers:
             h = layer(h, rot, start_pos, cache, mask, prefix)
         if logits_at is not None:

@@ -96,8 +96,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.float().flatten(0, -2)  # (tokens, in)
-        rest = x2 if self.keep is None else x2.index_fill(1, self.keep, 0.0)
-        a = rest.abs()  # one pass, reused: element-wise passes cost as much as the int8 product here
+        a = x2.abs()  # one pass, reused: element-wise passes cost as much as the int8 product here
+        if self.keep is not None:  # kept features go through fp32 below, and set no token's scale
+            a.index_fill_(1, self.keep, 0.0)
         row = a.amax(1, keepdim=True)  # (tokens, 1)
         outliers = None
         if self.threshold is not None and row.max() > self.threshold:
@@ -109,9 +110,10 @@ class Int8Linear(nn.Module):
         # absmax first makes that one scale per token (LLM.int8's vector-wise quantization), so a
         # token with huge activations (BOS: ~3,000 in SmolLM2) does not wipe out the others.
         row.clamp_(min=1e-12)
-        scaled = rest / row
-        if outliers is not None:
-            scaled.index_fill_(1, outliers, 0.0)
+        scaled = x2 / row
+        for cols in (self.keep, outliers):
+            if cols is not None:  # multiplied in fp32 below: kept out of the int8 product and its scale
+                scaled.index_fill_(1, cols, 0.0)
         y = torch.ops.quantized.linear_dynamic(scaled, self._packed, _reduce_range()).mul_(row)
         if outliers is not None:
             q, scale = self.int8_weight()

@@ -14,7 +14,8 @@ its ``.hidden.npy``), so they are cached and resumable like any run.
   nearest centroids ignore that some directions of the hidden space vary much more than others):
   class means, the pooled within-class covariance S shrunk to S + λ·(tr S / dim)·I, equal priors;
   λ from :data:`SHRINKAGES` by 4-fold cross-validation on the anchors (folds by rank within each
-  class; no test labels; ties to the larger λ, and λ → ∞ is the nearest centroid).  ``log_probs`` = the discriminant's log-softmax.
+  class; no test labels; ties to the larger λ, and λ → ∞ is the nearest centroid).
+  ``log_probs`` = the discriminant's log-softmax.
 - ``knn`` -- kNN prompting (Xu et al., ICLR 2023): the anchors' next-token distributions over the
   whole vocabulary (output head + log-softmax of the saved states) are the datastore; the
   distance of a test distribution q to an anchor's p is their code's

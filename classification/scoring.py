@@ -20,7 +20,7 @@ Both compute the same numbers: log p(continuation tokens [+ EOS] | context).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -357,11 +357,7 @@ class LlamaLM:
 
     def _score_rows(self, rows: List[_Row], prefix: Optional[KVCache], plen: int, out: List[float]) -> None:
         arrays = _batch_arrays(rows, plen, self.tokenizer.eos_id)
-        dev = self.device
-
-        def put(a: np.ndarray) -> Tensor:
-            return torch.from_numpy(a).to(dev, non_blocking=True)
-
+        dev, put = self.device, self._put
         h = self.model(put(arrays.tokens), 0, None, positions=put(arrays.positions),
                        mask=put(arrays.mask)[:, None], logits_at=put(arrays.logits_at),
                        prefix=prefix, return_hidden=True)  # (bsz, n_sel, dim): norm(h) at scored positions
@@ -372,13 +368,16 @@ class LlamaLM:
             for row, state in zip(rows, states):
                 self._hidden.setdefault(row.context, state)
         self.tokens_processed += int(sum(len(r.tokens) for r in rows))
-        logp = self._scored_log_probs(h, arrays, put)
+        logp = self._scored_log_probs(h, arrays)
         reqs, local = np.unique(arrays.request, return_inverse=True)
         sums = torch.zeros(len(reqs), dtype=logp.dtype, device=dev).index_add_(0, put(local), logp)
         for req, value in zip(reqs.tolist(), sums.tolist()):
             out[req] = value
 
-    def _scored_log_probs(self, h: Tensor, arrays: _Batch, put: Callable[[np.ndarray], Tensor]) -> Tensor:
+    def _put(self, a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a).to(self.device, non_blocking=True)
+
+    def _scored_log_probs(self, h: Tensor, arrays: _Batch) -> Tensor:
         """(n_scored,) fp64 log p(target) of every scored entry, from the final-normed states h
         (bsz, n_sel, dim), computed on the device.
 
@@ -389,6 +388,7 @@ class LlamaLM:
         logit - logsumexp is closer to fp64 on CPU (its log-softmax is ~4e-6 nats per token
         high), but would no longer equal theirs.
         """
+        put = self._put
         positions, entry_pos = np.unique(arrays.at_row * h.shape[1] + arrays.at_slot, return_inverse=True)
         hv = h.flatten(0, 1)[put(positions)]  # (n_positions, dim)
         step = max(1, HEAD_BLOCK // self.model.params.vocab_size)

@@ -31,7 +31,10 @@ from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # no
 from classification.scoring import LlamaLM  # noqa: E402
 from llama.checkpoint import load_model  # noqa: E402
 from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.quantize import DEFAULT_THRESHOLD, calibration_tokens, planned_weight_bytes, quantize_model, weight_bytes  # noqa: E402
+from llama.quantize import (  # noqa: E402
+    DEFAULT_THRESHOLD, calibration_tokens, cpu_int8_features, detect_int8_kernel, planned_weight_bytes, quantize_model,
+    weight_bytes,
+)
 from llama.runtime import DTYPES  # noqa: E402
 from llama.tokenizer import load_tokenizer  # noqa: E402
 
@@ -43,14 +46,16 @@ def variant_model(base: Transformer, name: str, device: torch.device, threshold:
     """``fp32``/``bf16``/``fp16``: a copy in that dtype; ``int8``: quantized on top of the base
     dtype (fp16 on CUDA, fp32 on CPU), as the scripts do; ``int8w``: int8 weights only (base
     dtype activations); ``int8-nocal``: without the fp32
-    weights of calibrated outlier features; ``int8-nothr``: without any outlier split."""
+    weights of calibrated outlier features; ``int8-nothr``: without any outlier split;
+    ``int8-vnni``/``int8-avx2``: int8 through that CPU kernel path (default: this CPU's)."""
     if name == "int8w":
         return quantize_model(copy.deepcopy(base), "int8w", device, threshold=threshold, calibration=calibration)
     if name.startswith("int8"):
         dt = torch.float16 if device.type == "cuda" else torch.float32
         model = copy.deepcopy(base).to(dt)
+        kernel = name[len("int8-"):] if name in ("int8-vnni", "int8-avx2") else None
         return quantize_model(model, "int8", device, threshold=0.0 if name == "int8-nothr" else threshold,
-                              calibration=calibration if name == "int8" else None)
+                              calibration=None if name == "int8-nocal" else calibration, int8_kernel=kernel)
     return copy.deepcopy(base).to(DTYPES[name])
 
 
@@ -87,7 +92,8 @@ def main(
         methods: comma-separated subset of direct, calibrate (= direct + content-free), channel.
         variants: comma-separated fp32, bf16, fp16, int8, int8w (int8 weights only), int8-nocal
             (int8 without calibrated fp32 outlier columns), int8-nothr (int8 without any outlier
-            split); the first is the reference.
+            split), int8-vnni / int8-avx2 (int8 through that CPU kernel path; int8 alone takes
+            this CPU's); the first is the reference.
         threshold: LLM.int8 outlier threshold of the int8 variant.
         repeats: timed runs per (method, variant); the fastest counts.
         ckpt_dir: checkpoint to load.
@@ -99,9 +105,10 @@ def main(
             thread and the CPU-time column are the steadiest: waiting threads otherwise spin.
     """
     names = [v.strip() for v in (variants.split(",") if isinstance(variants, str) else variants)]
-    bad = [v for v in names if v not in ("int8", "int8w", "int8-nocal", "int8-nothr") and v not in DTYPES]
+    int8s = ("int8", "int8w", "int8-nocal", "int8-nothr", "int8-vnni", "int8-avx2")
+    bad = [v for v in names if v not in int8s and v not in DTYPES]
     if bad:
-        raise ClassificationError(f"--variants: unknown {bad[0]!r}; use fp32, bf16, fp16, int8, int8w, int8-nocal or int8-nothr")
+        raise ClassificationError(f"--variants: unknown {bad[0]!r}; use one of {', '.join(list(DTYPES) + list(int8s))}")
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -115,7 +122,8 @@ def main(
     n = len(records["direct"])
     wanted = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
     print(f"model: {ckpt_dir} | device: {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}, "
-          f"{torch.get_num_threads()} threads, quantized engine {torch.backends.quantized.engine}) | "
+          f"{torch.get_num_threads()} threads, quantized engine {torch.backends.quantized.engine}, "
+          f"int8 kernel {detect_int8_kernel() if dev.type == 'cpu' else 'bitsandbytes'}, CPU {cpu_int8_features()}) | "
           f"examples: {n} | k: {k} | best of {repeats}")
     print("| method | weights | ex/s | speed-up | CPU-time speed-up | max abs Δ log-prob | mean abs Δ | same predictions | weight bytes |")
     print("|---|---|---|---|---|---|---|---|---|")

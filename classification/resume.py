@@ -185,7 +185,7 @@ def run_resumable(
     runtime: Any,
     chunk_size: int = CHUNK_SIZE,
     desc: str = "",
-    save_every_s: float = SAVE_EVERY_S,
+    save_every_s: Optional[float] = SAVE_EVERY_S,
     min_chunk: int = 16,
 ) -> Optional[Tuple[Dict[int, Result], int]]:
     """Score every position of ``order`` once, in chunks, across data-parallel ranks, resumably.
@@ -195,7 +195,9 @@ def run_resumable(
     file after every chunk.  A chunk is at most ``chunk_size`` examples and, at the measured
     speed, about ``save_every_s`` seconds of work, but at least ``min_chunk`` examples (the
     model's batch, so saving often costs no batching); the first chunk is ``min_chunk``.  So a
-    killed run of any size keeps what it finished.  Returns ({position: result}, number resumed) on the
+    killed run of any size keeps what it finished.  ``save_every_s=None``: every chunk is
+    ``min_chunk`` examples whatever the speed, for models whose results depend on which rows
+    share a forward pass (the chunks then never depend on the machine's load).  Returns ({position: result}, number resumed) on the
     main rank, None on the others.
     """
     is_main = bool(runtime.is_main)
@@ -222,8 +224,9 @@ def run_resumable(
                 new.extend(entries)
                 bar.update(len(positions))
                 i += len(positions)
-                per_example = max(time.monotonic() - tick, 1e-6) / len(positions)
-                size = max(floor, min(chunk_size, int(save_every_s / per_example)))
+                if save_every_s is not None:
+                    per_example = max(time.monotonic() - tick, 1e-6) / len(positions)
+                    size = max(floor, min(chunk_size, int(save_every_s / per_example)))
     finally:
         if writer is not None:
             writer.close()

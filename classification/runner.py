@@ -38,7 +38,7 @@ from classification.resume import (
     run_resumable, write_finished,
 )
 from classification.scoring import SCORING_MODES as SCORINGS
-from llama.quantize import QUANTIZE_MODES
+from llama.quantize import QUANTIZE_MODES, detect_int8_kernel
 
 __all__ = ["evaluate", "load_model", "metrics_path", "DEFAULT_CKPT_DIR"]
 
@@ -407,8 +407,10 @@ def evaluate(
     if needs_model:
         settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
         settings["quantize"] = quantize
-        if quantize == "int8":  # LLM.int8 picks outlier features per forward pass: batches matter
-            settings["max_batch_size"] = max_batch_size
+        if quantize == "int8" and str(settings["device"]).startswith("cuda"):
+            settings["max_batch_size"] = max_batch_size  # bitsandbytes picks outliers per pass: batches matter
+        elif quantize == "int8":  # per-token outliers on CPU: no batch dependence; the kernel path is recorded
+            settings["int8_kernel"] = detect_int8_kernel()
     generation = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
     if method == "generate":
         settings.update(generation)
@@ -459,7 +461,8 @@ def evaluate(
     # Longest texts first (even batches, early failure on memory); ties in record order.
     order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
     gathered = run_resumable(
-        score, order, output_path, fingerprint, runtime, chunk_size, method, save_every_s, min_chunk=max_batch_size
+        score, order, output_path, fingerprint, runtime, chunk_size, method,
+        None if "max_batch_size" in settings else save_every_s, min_chunk=max_batch_size
     )
     metrics: Optional[Dict[str, Any]] = None
     if gathered is not None:

@@ -450,7 +450,7 @@ def load_lm(
     import time
 
     from llama.checkpoint import CheckpointError, count_shards, load_model
-    from llama.quantize import calibration_tokens, quantize_model
+    from llama.quantize import calibration_tokens, detect_int8_kernel, quantize_model
     from llama.runtime import setup_runtime
     from llama.tokenizer import load_tokenizer
 
@@ -463,5 +463,7 @@ def load_lm(
     model = load_model(ckpt_dir, rt.device, rt.dtype, rt.mp_rank, rt.mp_size, max_seq_len, max_batch_size,
                        vocab_size=tokenizer.n_words)
     model = quantize_model(model, quantize, rt.device, calibration=calibration_tokens(tokenizer))
-    print(f"Loaded {ckpt_dir} ({rt.dtype}, {rt.device}, mp={rt.mp_size}, dp={rt.dp_size}) in {time.time() - start:.1f}s")
+    kernel = f", int8 kernel {detect_int8_kernel()}" if quantize == "int8" and rt.device.type == "cpu" else ""
+    print(f"Loaded {ckpt_dir} ({rt.dtype}, {rt.device}, mp={rt.mp_size}, dp={rt.dp_size}{kernel}) "
+          f"in {time.time() - start:.1f}s")
     return LlamaLM(model, tokenizer, max_batch_size, append_eos, scoring), rt

@@ -10,12 +10,13 @@ CUDA  bitsandbytes' LLM.int8 (``bnb.nn.Linear8bitLt``, Dettmers et al. 2022): ro
       weights, vector-wise int8 activations, and input features with a value above
       ``threshold`` (6.0) anywhere in the batch multiplied in fp16 (mixed-precision
       decomposition).  Activations are fp16, as in the paper, so the model must be fp16.
-CPU   torch's dynamic int8 linear (``torch.ops.quantized.linear_dynamic``, fbgemm/oneDNN):
-      int8 weights with one scale per output row, activations quantized per call (one scale
-      per call), int32 accumulation.  Chosen by measurement (README "Precision and int8"): on a
-      2-core AVX-512 VNNI CPU it beat fp32, bf16, torchao's int8 configurations and
-      bitsandbytes' CPU backend.  Input features above ``threshold`` are multiplied in floating
-      point, as LLM.int8 does, so that a few outlier features do not set the activation scale.
+CPU   torch's int8 linear kernel (``torch.ops.quantized.linear_dynamic``, fbgemm/oneDNN): int8
+      weights with one scale per output row, int8 activations with one scale per token (the
+      vector-wise quantization of LLM.int8), exact int32 sums on every x86 CPU (the ``avx2``
+      kernel path where the CPU lacks VNNI, see :data:`INT8_KERNELS`).  Chosen by measurement
+      (docs): on a 2-core AVX-512 VNNI CPU it beat fp32, bf16, torchao's int8 configurations and
+      bitsandbytes' CPU backend.  A token's values above ``threshold`` are multiplied in floating
+      point, as LLM.int8 does, so that a few outlier features do not set its scale.
 
 Under model parallel every fairscale ``ColumnParallelLinear``/``RowParallelLinear`` shard is
 quantized on its own, and the replacement still does fairscale's gather (column, when
@@ -70,26 +71,38 @@ def _kept_bytes(keep: Optional[Tensor], w_keep: Optional[Tensor]) -> int:
 class Int8Linear(nn.Module):
     """CPU ``y = x W^T`` with W held as packed int8 (one fp scale per output row).
 
-    threshold: input features whose magnitude exceeds it anywhere in the call are taken out of
-        the int8 product and multiplied in fp32 with their dequantized weight columns (LLM.int8's
-        decomposition); ``None`` or ``0`` quantizes every feature.
+    Every token is quantized on its own to int8 values in [-127, 127] (LLM.int8's vector-wise
+    quantization), and the kernel sums their exact products with the int8 weights.
+
+    threshold: a token's values above it are taken out of the int8 product and multiplied in fp32
+        with their dequantized weight columns (LLM.int8's decomposition, per token so that a
+        token's result does not depend on its batch); ``None`` or ``0`` quantizes every value.
+    kernel: how the int8 activations reach the kernel (:data:`INT8_KERNELS`): ``"vnni"`` in one
+        product, ``"avx2"`` as two halves whose products fit the int16 sums of CPUs without VNNI.
+        Both give the same sums; ``None`` picks what this CPU needs (:func:`detect_int8_kernel`).
     """
 
-    def __init__(self, weight: Tensor, threshold: float | None = DEFAULT_THRESHOLD, keep: Optional[Tensor] = None):
+    def __init__(self, weight: Tensor, threshold: float | None = DEFAULT_THRESHOLD, keep: Optional[Tensor] = None,
+                 kernel: Optional[str] = None):
         super().__init__()
         w = weight.detach().to("cpu", torch.float32)
         self.out_features, self.in_features = w.shape
+        if self.in_features < 2:
+            raise QuantizeError("int8 layers need at least 2 input features")
         self.threshold = threshold or None
-        q, scale, self.keep, self.w_keep = _rowwise_int8(w, keep)
+        self.kernel = check_kernel(kernel) if kernel is not None else detect_int8_kernel()
+        q, self.scale, self.keep, self.w_keep = _rowwise_int8(w, keep)
+        # Packed with unit scales: the kernel returns its int32 sums as floats (exact below 2^24),
+        # so both kernel paths round them identically; the row scales are applied after.
         with warnings.catch_warnings():  # quantized tensors are flagged deprecated; the kernels are not
             warnings.simplefilter("ignore")
-            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+            qw = torch._make_per_tensor_quantized_tensor(q, 1.0, 0)
             self._packed = torch.ops.quantized.linear_prepack(qw, None)
 
     def int8_weight(self) -> Tuple[Tensor, Tensor]:
-        """(int8 weight (out, in), fp32 scale (out,)) as the packed form holds them."""
+        """(int8 weight (out, in), fp32 scale (out,)) as the layer multiplies them."""
         qw, _ = torch.ops.quantized.linear_unpack(self._packed)
-        return qw.int_repr(), qw.q_per_channel_scales().float()
+        return qw.int_repr(), self.scale
 
     def weight_bytes(self) -> int:
         return self.out_features * self.in_features + 4 * self.out_features + _kept_bytes(self.keep, self.w_keep)
@@ -100,31 +113,77 @@ class Int8Linear(nn.Module):
         if self.keep is not None:  # kept features go through fp32 below, and set no token's scale
             a.index_fill_(1, self.keep, 0.0)
         row = a.amax(1, keepdim=True)  # (tokens, 1)
-        outliers = None
+        hot = mask = None
         if self.threshold is not None and row.max() > self.threshold:
-            # Outlier features can only be in tokens whose absmax exceeds the threshold.
-            hot = a[row[:, 0] > self.threshold]  # (hot tokens, in)
-            outliers = (hot.amax(0) > self.threshold).nonzero().flatten()  # (n_outliers,)
-            row = a.index_fill_(1, outliers, 0.0).amax(1, keepdim=True)  # absmax of the rest
-        # The kernel quantizes its input with one scale per call; dividing every token by its own
-        # absmax first makes that one scale per token (LLM.int8's vector-wise quantization), so a
-        # token with huge activations (BOS: ~3,000 in SmolLM2) does not wipe out the others.
-        row.clamp_(min=1e-12)
-        scaled = x2 / row
-        for cols in (self.keep, outliers):
-            if cols is not None:  # multiplied in fp32 below: kept out of the int8 product and its scale
-                scaled.index_fill_(1, cols, 0.0)
-        y = torch.ops.quantized.linear_dynamic(scaled, self._packed, _reduce_range()).mul_(row)
-        if outliers is not None:
+            # LLM.int8's decomposition, decided per token rather than per batch: a token's values
+            # above the threshold are multiplied in fp32, so a token's result never depends on
+            # which other tokens share its forward pass (resumed and re-chunked runs agree).
+            hot = (row[:, 0] > self.threshold).nonzero().flatten()  # (hot tokens,)
+            a_hot = a[hot]  # (hot tokens, in)
+            mask = a_hot > self.threshold
+            row[hot] = a_hot.masked_fill_(mask, 0.0).amax(1, keepdim=True)  # absmax of the rest
+        # One scale per token, so a token with huge activations (BOS: ~3,000 in SmolLM2) does not
+        # wipe out the others.
+        step = row.clamp_(min=1e-12).div_(127)  # (tokens, 1)
+        y = _int8_product(x2, step, self.keep, hot, mask, self._packed, self.kernel).mul_(self.scale)  # (tokens, out)
+        if hot is not None:
+            cols = mask.any(0).nonzero().flatten()  # (n_outliers,)
             q, scale = self.int8_weight()
-            w_out = q[:, outliers].float() * scale[:, None]  # (out, n_outliers)
-            y.addmm_(x2[:, outliers], w_out.t())  # the outlier features in fp32
+            w_out = q[:, cols].float() * scale[:, None]  # (out, n_outliers)
+            x_out = x2[hot][:, cols] * mask[:, cols]  # (hot tokens, n_outliers), the outlier values only
+            y.index_add_(0, hot, x_out @ w_out.t())
         if self.keep is not None:
             y.addmm_(x2[:, self.keep], self.w_keep.t())
         return y.unflatten(0, x.shape[:-1]).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold}, "
+                f"kernel={self.kernel}")
+
+
+# CPU int8 kernel paths.  fbgemm and oneDNN multiply u8 activations by s8 weights.  With AVX-512
+# VNNI (or AMX) each product goes straight into an int32 sum.  Without it (AVX2: most AMD servers
+# and laptops) the kernel adds pairs of products in int16 first (vpmaddubsw), which saturates
+# above 32,767: 2 * 255 * 127 = 64,770.  torch's own answer, ``reduce_range``, quantizes the
+# activations to 7 bits and doubles their rounding error (the default model lost 1.5 nats of
+# log-prob on average).  Here the int8 activations q are handed to the kernel as u8 = q + 128 on
+# "vnni", and on "avx2" as two halves q = 2 * hi + lo (hi in [-64, 63], lo in {0, 1}) sent as
+# u8 = half + 64 <= 127, so every pair sum stays within 2 * 127 * 127 = 32,258: the same 8-bit x
+# 8-bit sums for twice the rows.  The int8 weights are stored once either way.
+INT8_KERNELS = ("vnni", "avx2")
+# u8 = value + zero point needs the kernel's dynamic quantizer to pick scale 1 and that zero point:
+# it maps [min(x, 0), max(x, 0)] onto [0, 255], so one extra row holding these two values fixes it.
+_RANGE = {"vnni": (-128.0, 127.0), "avx2": (-64.0, 191.0)}
+
+
+def check_kernel(kernel: str) -> str:
+    if kernel not in INT8_KERNELS:
+        raise QuantizeError(f"int8 kernel {kernel!r} is not one of {', '.join(INT8_KERNELS)}")
+    return kernel
+
+
+def _int8_product(x: Tensor, step: Tensor, keep: Optional[Tensor], hot: Optional[Tensor], mask: Optional[Tensor],
+                  packed: object, kernel: str) -> Tensor:
+    """``round(x / step) @ q_W^T * step`` through the packed int8 kernel: x (tokens, in)
+    fp32, step (tokens, 1) with |x / step| <= 127 outside of what is left out: the ``keep``
+    columns, and in the ``hot`` rows the entries where ``mask`` (hot tokens, in) is set."""
+    n = x.shape[0]
+    halves = 2 if kernel == "avx2" else 1
+    buf = x.new_empty(halves * n + 1, x.shape[1])  # (halves * tokens + 1 range row, in)
+    q = torch.div(x, step, out=buf[:n]).round_()  # (tokens, in), integers in [-127, 127]
+    if keep is not None:
+        q.index_fill_(1, keep, 0.0)
+    if hot is not None:
+        q[hot] = q[hot].masked_fill_(mask, 0.0)
+    if kernel == "avx2":
+        lo = torch.remainder(q, 2, out=buf[n:2 * n])  # floor modulo: 0 or 1
+        q.sub_(lo).mul_(0.5)  # hi, exact in fp32
+    buf[-1].zero_()
+    buf[-1, 0], buf[-1, -1] = _RANGE[kernel]
+    y = torch.ops.quantized.linear_dynamic(buf, packed, False)  # (halves * tokens + 1, out)
+    if kernel == "avx2":
+        return y[:n].mul_(2).add_(y[n:2 * n]).mul_(step)
+    return y[:n].mul_(step)
 
 
 class Int8WeightLinear(nn.Module):
@@ -156,12 +215,32 @@ class Int8WeightLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, kept={kept}"
 
 
+def kernel_is_exact(kernel: str) -> bool:
+    """Whether this CPU's int8 kernel gives ``kernel``'s exact sums in the worst case: every
+    activation at its token's absmax (int8 127, and -127) times weights of 127, where the pair
+    sums of a kernel without VNNI saturate on the ``vnni`` path."""
+    n_in = 64
+    layer = Int8Linear(torch.full((4, n_in), 127.0), threshold=None, kernel=kernel)
+    x = torch.tensor([[1.0], [-1.0]]).expand(2, n_in)
+    return bool((layer(x) - x.sum(1, keepdim=True) * 127.0).abs().max() < 1e-3)
+
+
 @functools.lru_cache(maxsize=None)
-def _reduce_range() -> bool:
-    # fbgemm's AVX2 kernel multiplies u8 x s8 pairs into saturating int16, so full-range
-    # activations can overflow there; AVX-512 VNNI accumulates in int32 and needs no reduction.
+def detect_int8_kernel() -> str:
+    """The int8 kernel path for this CPU: ``vnni`` where the plain product is exact (measured,
+    not inferred from the CPU's flags, so ISA limits set for fbgemm or oneDNN count too), else
+    ``avx2``.  Raises :class:`QuantizeError` if neither is exact (no x86 kernel known to us)."""
+    for kernel in INT8_KERNELS:
+        if kernel_is_exact(kernel):
+            return kernel
+    raise QuantizeError(f"no exact int8 kernel on this CPU ({cpu_int8_features()}); use --quantize int8w")
+
+
+def cpu_int8_features() -> str:
+    """The CPU's int8 dot-product features, for messages and metrics, e.g. 'avx512_vnni, amx_int8'."""
     caps = getattr(torch.cpu, "get_capabilities", dict)()
-    return not (caps.get("avx512_vnni") or caps.get("amx_int8"))
+    names = [k for k in ("avx512_vnni", "amx_int8", "avx_vnni", "avx2") if caps.get(k)]
+    return ", ".join(names) if names else "no AVX2/VNNI"
 
 
 class ShardedInt8(nn.Module):
@@ -255,7 +334,8 @@ def outlier_features(model: nn.Module, tokens: Tensor, threshold: float = DEFAUL
 
 
 def quantize_model(model: nn.Module, mode: str, device: torch.device | str,
-                   threshold: float = DEFAULT_THRESHOLD, calibration: Optional[Tensor] = None) -> nn.Module:
+                   threshold: float = DEFAULT_THRESHOLD, calibration: Optional[Tensor] = None,
+                   int8_kernel: Optional[str] = None) -> nn.Module:
     """Replace the block projections of ``model`` (already on ``device``) by int8 layers, in place.
 
     mode: ``none`` (returns the model unchanged), ``int8`` (LLM.int8: int8 weights and
@@ -263,7 +343,8 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str,
     calibration: token ids (1, n); the input features above ``threshold`` in a forward pass over
     them keep full-precision weights (:func:`outlier_features`; int8 on CPU and int8w); under
     int8 any other feature above it in a later call is still taken out of the int8 product, with
-    its int8 weights.  Raises :class:`QuantizeError` for an unknown mode, and under int8 for CUDA
+    its int8 weights.  int8_kernel: the CPU kernel path under int8 (:data:`INT8_KERNELS`; None
+    picks this CPU's, :func:`detect_int8_kernel`).  Raises :class:`QuantizeError` for an unknown mode, and under int8 for CUDA
     without bitsandbytes, CUDA with a dtype other than fp16, or a device other than CPU/CUDA.
     """
     check_mode(mode)
@@ -283,8 +364,10 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str,
         raise QuantizeError("this torch build has no quantized CPU engine (fbgemm/onednn) for --quantize int8")
     use_keep = calibration is not None and dev.type == "cpu"
     keep = outlier_features(model, calibration.to(dev), threshold) if use_keep else {}
+    if dev.type == "cpu":
+        kernel = check_kernel(int8_kernel) if int8_kernel is not None else detect_int8_kernel()
     _replace(model, lambda child: _bnb_linear(child.weight, dev, threshold) if dev.type == "cuda"
-             else Int8Linear(child.weight, threshold, keep.get(id(child))))
+             else Int8Linear(child.weight, threshold, keep.get(id(child)), kernel))
     return model
 
 

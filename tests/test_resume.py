@@ -98,16 +98,19 @@ def test_quantize_is_fingerprinted(tmp_path):
     assert runner.evaluate("direct", data, out, lm=FakeLM(), chunk_size=4, quantize="int8")["n_resumed"] == 0
 
 
-def test_batch_size_is_fingerprinted_under_int8_only(tmp_path):
-    """int8 results depend on which rows share a forward pass (outliers per pass), fp ones do not."""
+def test_batch_size_is_fingerprinted_under_cuda_int8_only(tmp_path):
+    """bitsandbytes' int8 (CUDA) picks outliers per forward pass, so its results depend on which
+    rows share one; CPU int8 decides them per token, and fp runs do not depend on it at all."""
     data, _ = write_inputs(tmp_path)
-    for quantize, resumed in (("none", True), ("int8", False)):
-        out = str(tmp_path / f"out_{quantize}.json")
+    for quantize, device, resumed in (("none", None, True), ("int8", "cpu", True), ("int8", "cuda", False)):
+        out = str(tmp_path / f"out_{quantize}_{device}.json")
         with pytest.raises(FakeCrash):
             runner.evaluate("direct", data, out, lm=FakeLM(fail_after_calls=2), chunk_size=4, quantize=quantize,
-                            max_batch_size=4)
-        m = runner.evaluate("direct", data, out, lm=FakeLM(), chunk_size=4, quantize=quantize, max_batch_size=8)
-        assert (m["n_resumed"] > 0) == resumed, quantize
+                            max_batch_size=4, device=device)
+        m = runner.evaluate("direct", data, out, lm=FakeLM(), chunk_size=4, quantize=quantize, max_batch_size=8,
+                            device=device)
+        assert (m["n_resumed"] > 0) == resumed, (quantize, device)
+        assert ("int8_kernel" in m["fingerprint"]) == ((quantize, device) == ("int8", "cpu"))
 
 
 def test_file_digest_hashes_small_files_whole(tmp_path):

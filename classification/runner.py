@@ -407,10 +407,12 @@ def evaluate(
     if needs_model:
         settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
         settings["quantize"] = quantize
-        if quantize == "int8" and str(settings["device"]).startswith("cuda"):
-            settings["max_batch_size"] = max_batch_size  # bitsandbytes picks outliers per pass: batches matter
-        elif quantize == "int8":  # per-token outliers on CPU: no batch dependence; the kernel path is recorded
-            settings["int8_kernel"] = detect_int8_kernel()
+        if quantize == "int8":
+            # int8 activations round: the float-level differences that another batching makes
+            # flip roundings and grow to tenths of a nat, so batches are fixed and fingerprinted.
+            settings["max_batch_size"] = max_batch_size
+            if not str(settings["device"]).startswith("cuda"):
+                settings["int8_kernel"] = detect_int8_kernel()
     generation = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
     if method == "generate":
         settings.update(generation)

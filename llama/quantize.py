@@ -75,8 +75,9 @@ class Int8Linear(nn.Module):
     quantization), and the kernel sums their exact products with the int8 weights.
 
     threshold: a token's values above it are taken out of the int8 product and multiplied in fp32
-        with their dequantized weight columns (LLM.int8's decomposition, per token so that a
-        token's result does not depend on its batch); ``None`` or ``0`` quantizes every value.
+        with their dequantized weight columns (LLM.int8's decomposition, per token so that the
+        layer's result for a token does not depend on its batch); ``None`` or ``0`` quantizes
+        every value.
     kernel: how the int8 activations reach the kernel (:data:`INT8_KERNELS`): ``"vnni"`` in one
         product, ``"avx2"`` as two halves whose products fit the int16 sums of CPUs without VNNI.
         Both give the same sums; ``None`` picks what this CPU needs (:func:`detect_int8_kernel`).
@@ -116,8 +117,9 @@ class Int8Linear(nn.Module):
         hot = mask = None
         if self.threshold is not None and row.max() > self.threshold:
             # LLM.int8's decomposition, decided per token rather than per batch: a token's values
-            # above the threshold are multiplied in fp32, so a token's result never depends on
-            # which other tokens share its forward pass (resumed and re-chunked runs agree).
+            # above the threshold are multiplied in fp32, so this layer's result for a token
+            # depends on that token alone.  (The model's still does on its batch: int8 rounding
+            # amplifies float-level differences, so runs fix their batches: docs/precision.md.)
             hot = (row[:, 0] > self.threshold).nonzero().flatten()  # (hot tokens,)
             a_hot = a[hot]  # (hot tokens, in)
             mask = a_hot > self.threshold

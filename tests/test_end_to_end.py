@@ -119,3 +119,28 @@ def test_resume_after_kill(root, default_model_dir, shared_data, tmp_path):
     assert [r["prediction"] for r in resumed] == [r["prediction"] for r in whole]
     assert [r["index"] for r in resumed] == [r["index"] for r in whole]
     assert not partial.exists()
+
+
+SLOW_CLOCK = """
+import runpy, sys, time
+clock = time.monotonic
+time.monotonic = lambda: clock() * 1000  # every chunk looks 1,000 times slower: chunks stay small
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_int8_results_do_not_depend_on_the_machine_speed(root, default_model_dir, shared_data, tmp_path):
+    """Chunks follow the measured speed; under --quantize int8 a deliberately slow run (its clock
+    sped up, so every chunk is the smallest) gives the same log-probs as a normal one."""
+    data = tmp_path / "in.json"
+    run(root, "run_preprocess_direct_ag_news.py", "--data_dir", str(shared_data / "ag_news"),
+        "--n_sample", "40", "--data_path", str(data))
+    args = ["run_evaluate_direct_llama.py", "--data_path", str(data), *model_flags(default_model_dir),
+            "--quantize", "int8", "--max_batch_size", "4"]
+    run(root, *args, "--output_path", str(tmp_path / "fast.json"))
+    run(root, "-c", SLOW_CLOCK, *args, "--output_path", str(tmp_path / "slow.json"))
+    fast, slow = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("fast", "slow"))
+    chunks = [json.loads((tmp_path / f"{n}.metrics.json").read_text()) for n in ("fast", "slow")]
+    assert all(m["n_resumed"] == 0 for m in chunks)
+    assert max(abs(a - b) for f, s in zip(fast, slow) for a, b in zip(f["log_probs"], s["log_probs"])) <= 1e-5

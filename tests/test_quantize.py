@@ -125,9 +125,9 @@ def test_avx2_path_is_exact_where_the_kernel_lacks_vnni(root):
     assert np.abs(np.array(got["ys"]["vnni"]) - here).max() > 0.1  # what 8-bit activations did there before
 
 
-def test_a_token_result_does_not_depend_on_its_batch():
-    """Outliers are decided per token: a token scored alone or among others with their own
-    outliers gets the same result, so chunking (which follows the machine's speed) changes nothing."""
+def test_a_token_result_does_not_depend_on_the_others_in_the_layer():
+    """Outliers and scales are decided per token: in one layer, a token alone or among others with
+    their own outliers gets the same result."""
     torch.manual_seed(4)
     w = torch.randn(96, 64) * 0.05
     x = torch.randn(24, 64)

@@ -98,11 +98,11 @@ def test_quantize_is_fingerprinted(tmp_path):
     assert runner.evaluate("direct", data, out, lm=FakeLM(), chunk_size=4, quantize="int8")["n_resumed"] == 0
 
 
-def test_batch_size_is_fingerprinted_under_cuda_int8_only(tmp_path):
-    """bitsandbytes' int8 (CUDA) picks outliers per forward pass, so its results depend on which
-    rows share one; CPU int8 decides them per token, and fp runs do not depend on it at all."""
+def test_batch_size_is_fingerprinted_under_int8_only(tmp_path):
+    """int8 results depend on which rows share a forward pass (int8 rounding amplifies the
+    float-level differences of another batching); fp ones do not.  The CPU kernel path is recorded."""
     data, _ = write_inputs(tmp_path)
-    for quantize, device, resumed in (("none", None, True), ("int8", "cpu", True), ("int8", "cuda", False)):
+    for quantize, device, resumed in (("none", None, True), ("int8", "cpu", False), ("int8", "cuda", False)):
         out = str(tmp_path / f"out_{quantize}_{device}.json")
         with pytest.raises(FakeCrash):
             runner.evaluate("direct", data, out, lm=FakeLM(fail_after_calls=2), chunk_size=4, quantize=quantize,

@@ -18,6 +18,7 @@ from classification import methods as icl
 from classification.cli import cli
 from classification.data import build_records, load_ag_news
 from classification.scoring import LlamaLM
+from llama import quantize as quantize_lib
 from llama.checkpoint import load_model, write_meta
 from llama.convert import convert
 from llama.model import ModelArgs, Transformer
@@ -271,6 +272,28 @@ def test_missing_bitsandbytes_on_cuda_is_one_line(monkeypatch, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.splitlines() == ["error: --quantize int8 on CUDA needs bitsandbytes: pip install -r requirements-gpu.txt"]
+
+
+def test_no_exact_cpu_kernel_is_one_line(monkeypatch, capsys):
+    """Where no kernel path gives exact int8 sums, the run stops at load with one line naming the
+    CPU's features and int8w, rather than losing accuracy in silence."""
+    monkeypatch.setattr(quantize_lib, "kernel_is_exact", lambda kernel: False)
+    detect_int8_kernel.cache_clear()
+    model = tiny_model()
+
+    @cli
+    def main() -> None:
+        quantize_model(model, "int8", "cpu")
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:
+        detect_int8_kernel.cache_clear()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no exact int8 kernel on this CPU (") and "--quantize int8w" in err[0]
+    assert quantize_lib.cpu_int8_features() in err[0]
 
 
 def test_bad_quantize_flag_is_one_line(root):

@@ -81,9 +81,12 @@ def load_model(
 
         if str(dtype).lower() not in DTYPES:
             raise ClassificationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    from llama.verify import trained_context
+    from llama.verify import VerifyError, trained_context
 
-    context, source = trained_context(ckpt_dir)
+    try:
+        context, source = trained_context(ckpt_dir)
+    except VerifyError as e:
+        raise ClassificationError(str(e)) from None
     if context is not None and max_seq_len > context:
         print(f"warning: --max_seq_len {max_seq_len} is above the {context} tokens the model was trained for "
               f"({source}); longer prompts are extrapolated: pass --max_seq_len {context}", file=sys.stderr)

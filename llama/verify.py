@@ -137,13 +137,12 @@ def trained_context(path: str | Path) -> Tuple[Optional[int], str]:
         return (int(value), str(config)) if isinstance(value, int) else (None, "")
     gguf_files = [p] if p.suffix == ".gguf" else sorted(p.glob("*.gguf")) if p.is_dir() else []
     if gguf_files and gguf_files[0].is_file():
-        import gguf
+        from llama.tokenizer import gguf_field, open_gguf
 
-        from llama.tokenizer import gguf_field
-
-        reader = gguf.GGUFReader(str(gguf_files[0]))
+        reader = open_gguf(gguf_files[0], VerifyError)  # a damaged file: one line, before any loading
         value = gguf_field(reader, f"{gguf_field(reader, 'general.architecture', 'llama')}.context_length")
-        return (int(value), str(gguf_files[0])) if value is not None else (None, "")
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return (value, str(gguf_files[0])) if ok else (None, "")
     return None, ""
 
 

@@ -217,7 +217,7 @@ class _Anchored(Calibration):
         paths = self.run.pop("data_path", None), self.run.pop("direct_output_path", None)
         if None in paths:
             raise ClassificationError(f"--calibration {self.name} needs the direct run's input and output paths")
-        self.fingerprint = self.anchored.check(*paths, len(records))
+        self.fingerprint = self.anchored.check(*paths, len(records), records[0]["label_words"])
 
     def settings(self) -> Dict[str, Any]:
         return dict(self.fingerprint)

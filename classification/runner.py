@@ -203,18 +203,25 @@ def make_scorer(
 
 
 def check_finite(
-    score: Callable[[List[int]], List[Result]], records: Sequence[Dict[str, Any]], dtype: Optional[str]
+    score: Callable[[List[int]], List[Result]], records: Sequence[Dict[str, Any]], dtype: Optional[str],
+    calibration: Optional[str] = None,
 ) -> Callable[[List[int]], List[Result]]:
-    """``score`` that stops, before anything is stored, at the first non-finite log-prob."""
+    """``score`` that stops, before anything is stored, at the first non-finite log-prob.
+
+    The model's precision is blamed only when the model scored the record: a calibration works
+    from files whose values were checked finite when read, so its NaN is its own."""
 
     def checked(positions: List[int]) -> List[Result]:
         results = score(positions)
         for p, result in zip(positions, results):
             if not all_finite(result):
-                raise ClassificationError(
-                    f"record {p} (index {records[p]['index']}) got a non-finite log-prob {result.get('log_probs')} "
-                    f"with dtype {dtype}; rerun with --dtype bf16 or --dtype fp32"
-                )
+                what = f"record {p} (index {records[p]['index']}) got a non-finite log-prob {result.get('log_probs')}"
+                if calibration is not None:
+                    raise ClassificationError(
+                        f"{what} from calibration {calibration}, whose inputs are finite: the calibration failed "
+                        "numerically on them; try another --calibration"
+                    )
+                raise ClassificationError(f"{what} with dtype {dtype}; rerun with --dtype bf16 or --dtype fp32")
         return results
 
     return checked
@@ -458,7 +465,7 @@ def evaluate(
     if calibrator is not None:
         calibrator.runtime = runtime
     score = make_scorer(method, lm, records, completion_end, calibrator, direct_outputs, generation, save_hidden)
-    score = check_finite(score, records, settings.get("dtype"))
+    score = check_finite(score, records, settings.get("dtype"), calibration if calibrator is not None else None)
     # Longest texts first (even batches, early failure on memory); ties in record order.
     order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
     gathered = run_resumable(

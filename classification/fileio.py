@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, writing
 from llama.verify import file_hash
 
 
@@ -19,20 +19,22 @@ def _umask() -> int:
 
 
 def write_json_atomic(path: str, obj: Any, indent: Optional[int] = None) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``
+    (a full disk or an unwritable folder: one-line :class:`ClassificationError`, ``path`` untouched)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=indent)
-            f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with writing(path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(obj, f, ensure_ascii=False, indent=indent)
+                f.write("\n")
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def check_output_path(path: str, flag: str = "--output_path", inputs: Sequence[str] = ()) -> None:

@@ -189,7 +189,7 @@ def make_records(
     test_seed = seed if sample_seed is None else sample_seed
     chosen = sample_test(dataset.test, n_sample, test_seed, len(words)) if sample else list(dataset.test)
     meta = {"dataset": dataset.name, "method": method, "k": k, "seed": seed,
-            "sample_seed": test_seed if sample else None}
+            "sample_seed": test_seed if sample else None, "template": chosen_template}
     return [
         {
             "prompt": prompt,

@@ -312,6 +312,8 @@ def compute_metrics(
     meta = records[0].get("meta")
     if isinstance(meta, dict):
         metrics.update({key: meta.get(key) for key in ("dataset", "k", "seed", "sample_seed")})
+        # Further settings of the inputs, where recorded (the report groups runs by them).
+        metrics.update({key: meta[key] for key in ("demos", "demo_pool", "template") if key in meta})
     metrics.update(settings)
     metrics["n_shortened"] = sum(o["shortened"] for o in outputs)
     return metrics

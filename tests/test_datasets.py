@@ -89,7 +89,8 @@ def test_every_preset_preprocesses_from_the_local_copy(tmp_path, preset):
         assert len(recs) == 2 * n and Counter(r["ground_truth"] for r in recs) == {w: 2 for w in words}
         r = recs[0]
         assert r["label_words"] == words and r["meta"] == {"dataset": preset, "method": method, "k": 1, "seed": 3,
-                                                          "sample_seed": 3}
+                                                          "sample_seed": 3,
+                                                          "template": PRESETS[preset].templates[method]}
         assert r["prompt"].startswith(PRESETS[preset].instruction)
         tail, completion = parse_template(PRESETS[preset].templates[method], method)[1:]
         assert r["prompt"].endswith(tail) and r["completion"] == completion
@@ -335,3 +336,14 @@ def test_parquet_without_datasets_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "train.parquet").write_bytes(b"PAR1")
     with pytest.raises(ClassificationError, match="parquet needs the `datasets` package"):
         load_dataset(train=str(tmp_path / "train.parquet"), test=str(tmp_path / "train.parquet"), label_words=["a", "b"])
+
+
+@pytest.mark.parametrize("name, content, cause", [
+    ("a.json", "[" * 100_000 + "]" * 100_000, "JSON nested too deeply to read"),
+    ("a.jsonl", '{"text": "x", "label": ' + "1" * 5000 + "}\n", "unreadable JSON (Exceeds the limit (4300 digits)"),
+])
+def test_deep_or_huge_number_json_rows_are_one_line(tmp_path, name, content, cause):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ClassificationError) as e:
+        load_dataset(train=str(tmp_path / name), test=str(tmp_path / name), label_words=["bad", "good"])
+    assert str(e.value).startswith(f"{tmp_path / name}: {cause}") and "\n" not in str(e.value)

@@ -49,6 +49,11 @@ class Calibration:
         """What changes its results (fingerprinted and written to the metrics)."""
         return {}
 
+    def input_files(self) -> List[Tuple[str, str]]:
+        """(what, path) of the files it reads besides the direct run's inputs and outputs (the
+        run must not write over them)."""
+        return []
+
     def prepare(self, lm: Optional[LanguageModel], records: Sequence[Record], direct_log_probs: Sequence[Sequence[float]]) -> None:
         """Work shared by all records (content-free scores, batch means, ...)."""
 
@@ -221,6 +226,12 @@ class _Anchored(Calibration):
 
     def settings(self) -> Dict[str, Any]:
         return dict(self.fingerprint)
+
+    def input_files(self) -> List[Tuple[str, str]]:
+        a = self.anchored
+        return [("the anchor records", a.anchor_inputs), ("the hidden states", a.test_hidden_path),
+                ("the scored anchors", a.anchor_outputs), ("the scored anchors' hidden states",
+                                                           anchors.hidden_path(a.anchor_outputs))]
 
     def prepare(self, lm, records, direct_log_probs) -> None:
         self.anchored.prepare(lm, self.runtime, dict(self.run, completion_end=self.options.completion_end))

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification.cli import as_list
 from classification.errors import ClassificationError, check_int
-from classification.fileio import check_output_path, write_json_atomic
+from classification.fileio import check_not_inputs, check_output_path, write_json_atomic
 from classification.methods import TEMPLATE_METHODS
 from classification.presets import DEFAULT_TEMPLATES, PRESETS, Source, get_preset
 from classification.sampling import Example, sample_test, select_demonstrations
@@ -35,6 +35,7 @@ class Dataset:
     label_words: List[str]
     templates: Dict[str, str] = field(default_factory=dict)
     instruction: str = ""
+    files: List[str] = field(default_factory=list)  # the local files it was read from
 
 
 def _as_tuple(value: Union[None, str, Sequence[str]]) -> Optional[Tuple[str, ...]]:
@@ -132,6 +133,7 @@ def load_dataset(
         overrides["split_seed"] = split_seed
     source = replace(source, **overrides)
 
+    files: List[str] = []
     if source.hub is not None:
         train_ex, test_ex, words = load_hub(source, words, names)
     else:
@@ -150,6 +152,8 @@ def load_dataset(
         if not names and listed is not None and len(listed) == len(words):
             names = listed
         train_ex, test_ex = load_local(source, root, words, names)
+        files += [str(root / f if root is not None else f) for f in (source.train, source.test) if f]
+        files += [str(folder / "labels.txt")] if listed is not None else []
     return Dataset(
         name=name or dataset_name(preset, hub, train, data_dir),
         train=train_ex,
@@ -157,6 +161,7 @@ def load_dataset(
         label_words=list(words),
         templates=dict(p.templates) if p else dict(DEFAULT_TEMPLATES),
         instruction=p.instruction if p else "",
+        files=files,
     )
 
 
@@ -241,6 +246,8 @@ def preprocess_dataset(
     path = data_path or f"samples/inputs_{method}_{name}.json"
     check_output_path(path, "--data_path")
     dataset = load_dataset(preset=preset, **source)
+    outputs = [("--data_path", path)] + ([("the anchors of --data_path", retrieval.anchors_path(path))] if n_anchor else [])
+    check_not_inputs(outputs, [("the dataset file", f) for f in dataset.files])  # never over the user's data
     embed, tag = retrieval.embedder_for(embedder, ckpt_dir, tokenizer_path) if demos == "knn" else (None, "")
     records, anchors = retrieval.build_records(
         dataset, method, template, k, seed, sample, n_sample, sample_seed, demos, demo_pool, n_anchor, embed,

@@ -28,14 +28,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from classification import hidden, methods
 from classification.calibrations import Calibration, CalibrationOptions, calibration_class
 from classification.errors import ClassificationError, check_int
-from classification.fileio import check_output_path, file_sha256
+from classification.fileio import check_not_inputs, check_output_path, file_sha256
 from classification.lm import LanguageModel
 from classification.metrics import calibration_metrics, classification_metrics
 from classification.methods import METHODS
 from classification.records import load_direct_outputs, load_records
 from classification.resume import (
-    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, read_metrics,
-    run_resumable, write_finished,
+    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, partial_path,
+    read_metrics, run_resumable, write_finished,
 )
 from classification.scoring import SCORING_MODES as SCORINGS
 from llama.quantize import QUANTIZE_MODES
@@ -398,7 +398,7 @@ def evaluate(
     records = load_records(data_path, method)
     calibrator: Optional[Calibration] = None
     direct_outputs: List[Dict[str, Any]] = []
-    inputs = [data_path]
+    inputs = [("--direct_input_path" if method == "calibrate" else "--data_path", data_path)]
     if calibration_cls is not None:
         if not direct_output_path:
             raise ClassificationError(
@@ -408,8 +408,18 @@ def evaluate(
         direct_outputs = load_direct_outputs(direct_output_path, records)
         _check_direct_run(direct_output_path, data_path, completion_end)
         calibrator = calibration_cls(options, records)
-        inputs.append(direct_output_path)
-    check_output_path(output_path, inputs=inputs)
+        inputs += [("--direct_output_path", direct_output_path),
+                   ("the metrics of --direct_output_path", metrics_path(direct_output_path)),
+                   *calibrator.input_files()]
+    check_output_path(output_path)
+    if calibrator is None or calibrator.needs_model:
+        inputs += [("--tokenizer_path", tokenizer_path)]
+        inputs += [("--ckpt_dir", str(f)) for f in (Path(ckpt_dir).iterdir() if Path(ckpt_dir).is_dir() else [ckpt_dir])]
+    outputs = [("--output_path", output_path), ("the metrics of --output_path", metrics_path(output_path)),
+               ("the partial results of --output_path", partial_path(output_path))]
+    if save_hidden:
+        outputs.append(("the hidden states of --output_path", hidden.hidden_path(output_path)))
+    check_not_inputs(outputs, inputs)  # no output of this run is written over one of its inputs
 
     needs_model = calibrator is None or calibrator.needs_model
     if not needs_model and runtime is None and int(os.environ.get("RANK", "0")) != 0:

@@ -224,3 +224,29 @@ def test_anchor_hidden_file_of_another_dimension_is_refused(tmp_path):
     np.save(tmp_path / "out.anchors.hidden.npy", np.zeros((len(anchors), 7), dtype=np.float16))
     message = calibrate_error(tmp_path, inputs, direct)
     assert "out.anchors.hidden.npy holds 7-dimensional" in message and "out.hidden.npy 5-dimensional" in message
+
+
+@pytest.mark.parametrize("target", ["in.anchors.json", "out.anchors.json", "out.hidden.npy"])
+def test_calibration_never_writes_over_the_anchors(tmp_path, target):
+    """--output_path (or the metrics, partial or hidden file beside it) on a file the calibration reads."""
+    _, _, inputs, direct = calibrated_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    output = tmp_path / target
+    with pytest.raises(ClassificationError) as e:
+        evaluate("calibrate", inputs, str(output), direct_output_path=direct, calibration="hidden", lm=FakeLM())
+    assert f"--output_path {output} would overwrite an input file" in str(e.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_an_output_beside_the_output_never_overwrites_an_input(tmp_path):
+    records, _, inputs = write_inputs(tmp_path)
+    metrics_named = tmp_path / "x.metrics.json"  # the inputs under the name of x.json's metrics file
+    metrics_named.write_text((tmp_path / "in.json").read_text())
+    with pytest.raises(ClassificationError) as e:
+        evaluate("direct", str(metrics_named), str(tmp_path / "x.json"), lm=FakeLM())
+    assert f"the metrics of --output_path {metrics_named} would overwrite an input file (--data_path" in str(e.value)
+    tok = tmp_path / "tok.hidden.npy"
+    tok.write_bytes(b"tokenizer")
+    with pytest.raises(ClassificationError) as e:
+        evaluate("direct", inputs, str(tmp_path / "tok.json"), lm=FakeLM(), tokenizer_path=str(tok), save_hidden=True)
+    assert "(--tokenizer_path" in str(e.value) and tok.read_bytes() == b"tokenizer"

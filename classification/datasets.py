@@ -11,6 +11,7 @@ demonstrations per class from train, a stratified seeded test sample
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -70,16 +71,34 @@ def split_hub(hub: str) -> Tuple[str, Optional[str]]:
     return name, config or None
 
 
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")  # separators, NUL and other control characters
+
+
+def check_name(name: Any) -> str:
+    """A dataset name given by the user (a spec's ``"name"``), which becomes a folder and file name
+    part (``outputs/<name>/``, ``inputs_<method>_<name>.json``): one line unless it is a plain name."""
+    if not isinstance(name, str) or not name or name.startswith(".") or _UNSAFE_NAME.search(name):
+        raise ClassificationError(
+            f"dataset name {name!r} cannot name a folder: it must be a non-empty string without '/', '\\', "
+            "control characters or a leading dot, e.g. \"my_topics\""
+        )
+    return name
+
+
 def dataset_name(preset: Optional[str], hub: Optional[str], train: Optional[str], data_dir: Optional[str]) -> str:
-    """The dataset's name in records and reports: the preset, hub name, or the data folder's name."""
+    """The dataset's name in records and reports: the preset, hub name, or the data folder's name
+    (made a plain file name part: separators and control characters become "-", no leading dot)."""
     if preset:
-        return preset
-    if hub:
-        return split_hub(hub)[0].rstrip("/").split("/")[-1]
-    folder = Path(data_dir) if data_dir else Path(train).resolve().parent if train else None
-    if folder is not None and folder.resolve().name:
-        return folder.resolve().name
-    return Path(train).stem if train else "custom"
+        name = preset
+    elif hub:
+        name = split_hub(hub)[0].rstrip("/").split("/")[-1]
+    else:
+        folder = Path(data_dir) if data_dir else Path(train).resolve().parent if train else None
+        if folder is not None and folder.resolve().name:
+            name = folder.resolve().name
+        else:
+            name = Path(train).stem if train else "custom"
+    return _UNSAFE_NAME.sub("-", name).lstrip(".") or "custom"
 
 
 def load_dataset(
@@ -155,7 +174,7 @@ def load_dataset(
         files += [str(root / f if root is not None else f) for f in (source.train, source.test) if f]
         files += [str(folder / "labels.txt")] if listed is not None else []
     return Dataset(
-        name=name or dataset_name(preset, hub, train, data_dir),
+        name=check_name(name) if name is not None else dataset_name(preset, hub, train, data_dir),
         train=train_ex,
         test=test_ex,
         label_words=list(words),
@@ -242,7 +261,9 @@ def preprocess_dataset(
         parse_template(template, method)
     if n_sample == 0:
         sample = False
-    name = source.get("name") or dataset_name(preset, source.get("hub"), source.get("train"), source.get("data_dir"))
+    given = source.get("name")
+    name = check_name(given) if given is not None else dataset_name(
+        preset, source.get("hub"), source.get("train"), source.get("data_dir"))
     path = data_path or f"samples/inputs_{method}_{name}.json"
     check_output_path(path, "--data_path")
     dataset = load_dataset(preset=preset, **source)

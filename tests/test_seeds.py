@@ -255,3 +255,36 @@ def test_report_into_a_read_only_or_full_folder_is_one_line(tmp_path, monkeypatc
     with pytest.raises(ClassificationError) as e:
         build_report([str(path)], str(tmp_path / "report"))
     assert str(e.value).startswith(f"--out_dir {tmp_path / 'report'}: cannot write: No space left on device; free")
+
+
+@pytest.mark.parametrize("name", ["../../../../x", "a/b", "a\\b", "x\u0000y", ".hidden", "..", "", 7])
+def test_spec_names_cannot_leave_the_output_folder(tmp_path, spec, monkeypatch, name):
+    """A spec's "name" becomes outputs/<name>/: separators, NUL and leading dots are refused, nothing is written."""
+    work = tmp_path / "a" / "b" / "c" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    bad = tmp_path / "bad_spec.json"
+    bad.write_text(json.dumps(dict(json.loads(Path(spec).read_text()), name=name)))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(ClassificationError) as e:
+        run_seeds(str(bad), seeds=[1], n_sample=4, lm=FakeLM())
+    assert str(e.value).startswith(f"dataset name {name!r} cannot name a folder") and "\n" not in str(e.value)
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_seeds_write_only_inside_the_output_folder(tmp_path, spec, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    run_seeds(spec, methods=["direct"], seeds=[1], n_sample=4, lm=FakeLM())
+    new = [p for p in tmp_path.rglob("*") if p not in before]
+    assert new and all(p == work / "outputs" or (work / "outputs" / "topics") in [p, *p.parents] for p in new)
+
+
+def test_derived_dataset_names_are_plain_file_name_parts():
+    from classification.datasets import dataset_name
+
+    assert dataset_name(None, None, None, "/data/.cache") == "cache"
+    assert dataset_name(None, "user/..", None, None) == "custom"
+    assert dataset_name(None, "user/ag_news:default", None, None) == "ag_news"

@@ -189,6 +189,7 @@ def make_scorer(
 
         return calibrated
     if method == "generate":
+        methods.check_label_matching(label_words, bool((generation or {}).get("ignore_case")))  # before any output
         return lambda positions: methods.generate(lm, [records[p] for p in positions], **(generation or {}))
     score_fn = getattr(methods, method)
 
@@ -367,6 +368,7 @@ def evaluate(
     save_hidden: bool = False,
     n_anchor: Optional[int] = None,
     knn_k: Optional[int] = None,
+    ignore_case: bool = False,
 ) -> Optional[Dict[str, Any]]:
     """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
 
@@ -381,6 +383,8 @@ def evaluate(
     ``save_hidden`` (direct): also write each record's label-predicting hidden state to
     ``<output stem>.hidden.npy`` (:mod:`classification.hidden`), which the anchor calibrations
     (hidden, lda, knn; ``n_anchor``, ``knn_k``: :mod:`classification.anchors`) read.
+    ``ignore_case`` (generate): match generations to label words case-insensitively (default:
+    exact case, so "US" is not "us").
     """
     start = time.time()
     _check_flags(
@@ -431,7 +435,9 @@ def evaluate(
         settings["quantize"] = quantize
         if quantize == "int8":  # LLM.int8 picks outlier features per forward pass: batches matter
             settings["max_batch_size"] = max_batch_size
-    generation = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
+    # ignore_case: how generations are matched to label words (part of the fingerprint: exact case
+    # became the default, so generations parsed the old way are not reused).
+    generation = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed, ignore_case=ignore_case)
     if method == "generate":
         settings.update(generation)
     else:

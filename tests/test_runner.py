@@ -474,3 +474,18 @@ def test_full_disk_through_a_script_is_one_line(tmp_path, monkeypatch, capsys):
     last = err.strip().splitlines()[-1]  # after the progress bar
     assert e.value.code == 2 and last.startswith("error: ") and os.strerror(errno.ENOSPC) in last
     assert "Traceback" not in err
+
+
+def test_generate_label_words_that_differ_only_in_case(tmp_path):
+    recs = [dict(good_record(), label_words=["us", "US"], ground_truth=w, text=f"text {i}", index=i)
+            for i, w in enumerate(["US", "us", "US"])]
+    data = tmp_path / "in.json"
+    data.write_text(json.dumps(recs))
+    out = tmp_path / "g.json"
+    m = runner.evaluate("generate", str(data), str(out), lm=FakeLM(generator=lambda c: " US"))
+    assert [o["prediction"] for o in read(str(out))] == ["US", "US", "US"] and m["accuracy"] == pytest.approx(2 / 3)
+    assert m["fingerprint"]["ignore_case"] is False
+    lm = FakeLM(generator=lambda c: " US")
+    with pytest.raises(ClassificationError, match="'us' and 'US' are the same under case-insensitive matching"):
+        runner.evaluate("generate", str(data), str(tmp_path / "g2.json"), lm=lm, ignore_case=True)
+    assert lm.calls == 0 and glob.glob(str(tmp_path / "g2.json*")) == []

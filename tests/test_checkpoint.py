@@ -117,23 +117,28 @@ def test_shard_count_must_divide_world_size(tmp_path, monkeypatch):
     assert "multiple of 2" in one_line(e) and "checkpoints/llama/13B" in str(e.value)
 
 
-def test_script_reports_bad_checkpoint_in_one_line(tmp_path, root, default_model_dir):
-    """A damaged checkpoint reaches the user as `error: ...` and exit status 2, not a traceback."""
+def run_direct_script(tmp_path, root, ckpt, tokenizer):
+    """(exit status, stderr lines) of run_evaluate_direct_llama.py on one record with ``ckpt``."""
     import subprocess
     import sys
 
-    ckpt = tiny_meta(tmp_path / "ckpt")
-    pth = ckpt / "consolidated.00.pth"
-    pth.write_bytes(pth.read_bytes()[:100])
     data = tmp_path / "in.json"
     data.write_text(json.dumps([{"prompt": "Article: {text}\nCategory:", "completion": "{label_word}",
                                  "text": "x", "label_words": ["A", "B"], "ground_truth": "A", "index": 0}]))
     res = subprocess.run([sys.executable, "run_evaluate_direct_llama.py", "--data_path", str(data),
                           "--output_path", str(tmp_path / "out.json"), "--ckpt_dir", str(ckpt),
-                          "--tokenizer_path", str(default_model_dir / "tokenizer.json")],
+                          "--tokenizer_path", str(tokenizer)],
                          cwd=root, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2, res.stderr[-2000:]
-    lines = res.stderr.strip().splitlines()
+    return res.returncode, res.stderr.strip().splitlines()
+
+
+def test_script_reports_bad_checkpoint_in_one_line(tmp_path, root, default_model_dir):
+    """A damaged checkpoint reaches the user as `error: ...` and exit status 2, not a traceback."""
+    ckpt = tiny_meta(tmp_path / "ckpt")
+    pth = ckpt / "consolidated.00.pth"
+    pth.write_bytes(pth.read_bytes()[:100])
+    code, lines = run_direct_script(tmp_path, root, ckpt, default_model_dir / "tokenizer.json")
+    assert code == 2, lines[-20:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "consolidated.00.pth" in lines[0]
 
 
@@ -479,19 +484,9 @@ def test_gguf_missing_or_string_typed_keys(tmp_path, monkeypatch, key, value, me
 
 def test_gguf_script_error_is_one_line(tmp_path, root, default_model_dir, damaged_ggufs):
     """Through a script: the header is read (context length) before loading; still one line, exit 2."""
-    import subprocess
-    import sys
-
     path, _ = damaged_ggufs["kv count"]
-    data = tmp_path / "in.json"
-    data.write_text(json.dumps([{"prompt": "Article: {text}\nCategory:", "completion": "{label_word}",
-                                 "text": "x", "label_words": ["A", "B"], "ground_truth": "A", "index": 0}]))
-    res = subprocess.run([sys.executable, "run_evaluate_direct_llama.py", "--data_path", str(data),
-                          "--output_path", str(tmp_path / "out.json"), "--ckpt_dir", str(path),
-                          "--tokenizer_path", str(default_model_dir / "tokenizer.json")],
-                         cwd=root, capture_output=True, text=True, timeout=300)
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {path}: "), res.stderr[-2000:]
+    code, lines = run_direct_script(tmp_path, root, path, default_model_dir / "tokenizer.json")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {path}: "), lines[-20:]
 
 
 def test_truncated_safetensors(tmp_path):

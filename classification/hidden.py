@@ -174,7 +174,8 @@ def load_hidden(path: str, n: int, what: str, hint: str) -> np.ndarray:
     try:
         states = np.load(path)
     except (OSError, ValueError, EOFError) as e:
-        raise ClassificationError(f"{path}: cannot read hidden states: {str(e).splitlines()[0] if str(e) else e!r}; {hint}") from None
+        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ClassificationError(f"{path}: cannot read hidden states: {cause}; {hint}") from None
     if states.ndim != 2 or states.shape[0] != n or not np.issubdtype(states.dtype, np.floating):
         raise ClassificationError(f"{path} holds hidden states of shape {states.shape} ({states.dtype}), expected "
                                   f"{n} rows of floats; {hint}")

@@ -31,6 +31,7 @@ def read_json(path: str, what: str, flag: str) -> Any:
     except ValueError as e:  # an integer of more digits than Python converts (4300)
         raise ClassificationError(f"{flag} {path}: unreadable JSON ({json_cause(e)})") from None
 
+
 def _check_template(record: Dict[str, Any], i: int, method: str, path: str) -> None:
     prompt, completion = record["prompt"], record["completion"]
     where = f"--data_path {path}: record {i}"

@@ -7,10 +7,10 @@ Inputs are ``*.metrics.json`` files, output files with their metrics beside them
 defines a run but the demonstration seed (dataset, k, method, model and tokenizer files,
 precision, quantization, calibration flags, demonstrations, template...; :func:`run_setting`),
 and only the seeds of a group are aggregated: mean ± sample std.  Runs of one dataset, k and
-method in several settings get a row each, with the settings that tell them apart.  Writes
-``report.md`` and PNGs (matplotlib, Agg backend) under ``out_dir/img``:
+method in several settings get a row each, with the settings that tell them apart (v0, v1...
+in the plots).  Writes ``report.md`` and PNGs (matplotlib, Agg backend) under ``out_dir/img``:
 
-- ``confusion_<dataset>_k<k>_<method>[_v<i>]_seed<s>.png``: the confusion matrix of every run;
+- ``confusion_<dataset>_k<k>_<method>[-v<i>]_seed<s>.png``: the confusion matrix of every run;
 - ``reliability_<dataset>_k<k>.png``: a reliability diagram per method (bins pooled over seeds:
   accuracy per confidence bin against the diagonal, with the pooled ECE);
 - ``accuracy_<dataset>_k<k>.png``: accuracy by method, one dot per seed, mean ± std bars.
@@ -161,7 +161,8 @@ def _setting_text(key: str, value: Any, m: Dict[str, Any]) -> str:
         digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
         path = m.get(key[: -len("_files")]) if key.endswith("_files") else None
         return f"{key[: -len('_files')]} {path} #{digest}" if path else f"{key} #{digest}"
-    return f"{key} {_short(str(value), 40)}"
+    text = str(value).replace("\n", "\\n").replace("|", "\\|")  # one table cell (templates hold newlines)
+    return f"{key} {_short(text, 40)}"
 
 
 def group_runs(runs: Sequence[Dict[str, Any]]) -> "OrderedDict[GroupKey, List[Dict[str, Any]]]":
@@ -179,8 +180,8 @@ def group_runs(runs: Sequence[Dict[str, Any]]) -> "OrderedDict[GroupKey, List[Di
     groups: Dict[GroupKey, List[Dict[str, Any]]] = {}
     for (dataset, k, label), variants in buckets.items():
         settings = [run_setting(members[0]) for members in variants]
-        differ = sorted(key for key in set().union(*settings) if len({json.dumps(s.get(key), sort_keys=True, default=str)
-                                                                      for s in settings}) > 1)
+        differ = sorted(key for key in set().union(*settings)
+                        if len({json.dumps(s.get(key), sort_keys=True, default=str) for s in settings}) > 1)
         for members, setting in zip(variants, settings):
             text = ", ".join(_setting_text(key, setting.get(key), members[0]) for key in differ)
             groups[(dataset, k, label, text)] = members
@@ -188,10 +189,6 @@ def group_runs(runs: Sequence[Dict[str, Any]]) -> "OrderedDict[GroupKey, List[Di
     return OrderedDict(
         (g, sorted(groups[g], key=lambda m: (m.get("seed") is None, m.get("seed") or 0))) for g in ordered
     )
-
-
-def _group_label(label: str, setting: str) -> str:
-    return f"{label} ({setting})" if setting else label
 
 
 def _slug(*parts: Any) -> str:
@@ -390,9 +387,13 @@ def _write_report(
         "",
     ]
     for (dataset, k), entries in datasets.items():
-        members = [(_group_label(label, setting), seed_runs) for label, setting, seed_runs in entries]
+        # One method in several settings: "direct v0", "direct v1"... in the plots, spelled out here.
+        short = [f"{label} v{i}" if setting else label for i, (label, setting, _) in enumerate(entries)]
+        members = [(tag, seed_runs) for tag, (_, _, seed_runs) in zip(short, entries)]
         name = f"{dataset}, k={k}"
         lines += [f"## {name}", ""]
+        lines += [f"- {tag}: {setting}" for tag, (_, setting, _) in zip(short, entries) if setting]
+        lines += [""] if any(setting for _, setting, _ in entries) else []
         acc_png = img / f"accuracy_{_slug(dataset, f'k{k}')}.png"
         plot_accuracy(members, f"{name}: accuracy by method", acc_png)
         lines += [f"![accuracy by method, {name}](img/{acc_png.name})", ""]
@@ -401,11 +402,10 @@ def _write_report(
             lines += [f"![reliability diagrams, {name}](img/{rel_png.name})", ""]
         lines += ["Per-class precision / recall / F1 (mean over seeds):", "", per_class_table(members), ""]
         lines += ["Confusion matrices (rows: true label, columns: prediction):", ""]
-        for i, ((label, setting, seed_runs), (shown, _)) in enumerate(zip(entries, members)):
+        for shown, seed_runs in members:
             cells = []
-            tag = [label, f"v{i}"] if setting else [label]  # one method in several settings: kept apart
             for m in seed_runs:
-                png = img / f"confusion_{_slug(dataset, f'k{k}', *tag, 'seed' + str(m.get('seed')))}.png"
+                png = img / f"confusion_{_slug(dataset, f'k{k}', shown, 'seed' + str(m.get('seed')))}.png"
                 plot_confusion(m, png)
                 cells.append(f"![{shown} seed {m.get('seed')}](img/{png.name})")
             lines += [f"**{shown}**", "", " ".join(cells), ""]

@@ -259,7 +259,8 @@ def _args_from_hf_config(cfg: dict, source: object = "config.json") -> ModelArgs
     args = ModelArgs(
         dim=get("hidden_size"), n_layers=get("num_hidden_layers"), n_heads=n_heads,
         n_kv_heads=get("num_key_value_heads", default=n_heads),
-        vocab_size=get("vocab_size"), norm_eps=get("rms_norm_eps", float, 1e-6), rope_theta=get("rope_theta", float, theta),
+        vocab_size=get("vocab_size"), norm_eps=get("rms_norm_eps", float, 1e-6),
+        rope_theta=get("rope_theta", float, theta),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
     )
     if cfg.get("head_dim", args.head_dim) != args.head_dim:
@@ -490,9 +491,10 @@ def read_gguf(
         return _setting(gguf_field(reader, f"llama.{key}", default), f"metadata key llama.{key}", path, kind)
 
     n_heads = get("attention.head_count")
+    vocab_size = get("vocab_size") if "llama.vocab_size" in reader.fields else n_tokens
     args = ModelArgs(
         dim=get("embedding_length"), n_layers=get("block_count"), n_heads=n_heads,
-        n_kv_heads=get("attention.head_count_kv", default=n_heads), vocab_size=get("vocab_size") if "llama.vocab_size" in reader.fields else n_tokens,
+        n_kv_heads=get("attention.head_count_kv", default=n_heads), vocab_size=vocab_size,
         norm_eps=get("attention.layer_norm_rms_epsilon", float, 1e-5),
         rope_theta=get("rope.freq_base", float, 10000.0),
     )

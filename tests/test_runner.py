@@ -411,7 +411,8 @@ def test_full_disk_when_writing_the_output_keeps_the_partial(tmp_path, monkeypat
     monkeypatch.setattr(fileio.json, "dump", no_space)
     with pytest.raises(ClassificationError) as e:
         runner.evaluate("direct", data, str(out), lm=FakeLM(), chunk_size=4)
-    assert str(e.value) == f"{out}: cannot write: No space left on device; free some space and run again (finished work is kept)"
+    assert str(e.value) == (f"{out}: cannot write: No space left on device; "
+                            "free some space and run again (finished work is kept)")
     assert not out.exists() and glob.glob(str(tmp_path / ".o.json.*")) == []  # no temporary file left
     kept = Path(f"{out}.partial.jsonl").read_text().splitlines()
     assert len(kept) == 1 + len(recs)  # the header and every result

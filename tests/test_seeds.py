@@ -244,7 +244,8 @@ def test_report_into_a_read_only_or_full_folder_is_one_line(tmp_path, monkeypatc
     monkeypatch.setattr(Path, "mkdir", mkdir)
     with pytest.raises(ClassificationError) as e:
         build_report([str(path)], str(locked / "report"))
-    assert str(e.value) == f"--out_dir {locked / 'report'}: cannot write: Permission denied; choose a folder you can write to"
+    assert str(e.value) == (f"--out_dir {locked / 'report'}: cannot write: Permission denied; "
+                            "choose a folder you can write to")
     monkeypatch.undo()
     locked.chmod(0o755)
 
@@ -288,3 +289,14 @@ def test_derived_dataset_names_are_plain_file_name_parts():
     assert dataset_name(None, None, None, "/data/.cache") == "cache"
     assert dataset_name(None, "user/..", None, None) == "custom"
     assert dataset_name(None, "user/ag_news:default", None, None) == "ag_news"
+
+
+def test_report_rows_of_two_templates_stay_one_line_each(tmp_path):
+    first = one_direct_run(tmp_path)
+    m = json.loads(first.read_text())
+    second = tmp_path / "run2" / "out.metrics.json"
+    second.parent.mkdir()
+    second.write_text(json.dumps(dict(m, template="Q: {text}\nA | {label_word}")))
+    text = Path(build_report([str(first), str(second)], str(tmp_path / "report"))).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ag_news | 1 | direct |")]
+    assert len(rows) == 2 and any("| template Q: {text}\\nA \\| {label_word} |" in r for r in rows)

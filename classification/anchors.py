@@ -165,8 +165,10 @@ class AnchorCalibration:
         self.name, self.n_anchor, self.knn_k = name, n_anchor, knn_k
         self.log_probs: np.ndarray = np.zeros((0, 0))
 
-    def check(self, direct_input_path: str, direct_output_path: str, n: int) -> Dict[str, Any]:
-        """One-line errors for missing anchors or hidden states; the fingerprint entries."""
+    def check(self, direct_input_path: str, direct_output_path: str, n: int,
+              label_words: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        """One-line errors for missing anchors or hidden states, anchors of other label words than
+        the test records' ``label_words`` or a class without anchors; the fingerprint entries."""
         self.test_hidden_path = hidden_path(direct_output_path)
         self.test_hidden = load_hidden(
             self.test_hidden_path, n, f"--direct_output_path {direct_output_path}",
@@ -181,8 +183,18 @@ class AnchorCalibration:
         self.anchor_outputs = str(Path(direct_output_path).with_suffix(".anchors.json"))
         self.anchor_records = load_records(self.anchor_inputs, "direct")
         words = self.anchor_records[0]["label_words"]
+        if label_words is not None and list(words) != list(label_words):
+            raise ClassificationError(
+                f"anchor records {self.anchor_inputs} have label words {words}, the test records {list(label_words)}; "
+                "they come from another preprocessing: preprocess again with --n_anchor"
+            )
         labels = np.array([words.index(r["ground_truth"]) for r in self.anchor_records])
         counts = np.bincount(labels, minlength=len(words))
+        if counts.min() == 0:
+            raise ClassificationError(
+                f"anchor records {self.anchor_inputs} have no anchor of class {words[int(counts.argmin())]!r}; every "
+                "class needs anchors: preprocess again with --n_anchor M"
+            )
         if self.n_anchor is not None and self.n_anchor > counts.min():
             raise ClassificationError(
                 f"--n_anchor {self.n_anchor} is more than the {counts.min()} anchors per class in {self.anchor_inputs}"
@@ -207,6 +219,12 @@ class AnchorCalibration:
         runtime.barrier()
         states = load_hidden(anchor_hidden, len(self.anchor_records), f"anchors {self.anchor_outputs}",
                              "delete it to score the anchors again")[self.keep]
+        if states.shape[1] != self.test_hidden.shape[1]:
+            raise ClassificationError(
+                f"{anchor_hidden} holds {states.shape[1]}-dimensional hidden states but {self.test_hidden_path} "
+                f"{self.test_hidden.shape[1]}-dimensional ones: they come from different models; delete {anchor_hidden} "
+                "to score the anchors again with this model"
+            )
         if self.name in ("hidden", "lda"):
             model = NearestCentroid() if self.name == "hidden" else ShrinkageLDA()
             self.fitted = model.fit(states, self.labels, self.n_classes)

@@ -49,6 +49,11 @@ class Calibration:
         """What changes its results (fingerprinted and written to the metrics)."""
         return {}
 
+    def input_files(self) -> List[Tuple[str, str]]:
+        """(what, path) of the files it reads besides the direct run's inputs and outputs (the
+        run must not write over them)."""
+        return []
+
     def prepare(self, lm: Optional[LanguageModel], records: Sequence[Record], direct_log_probs: Sequence[Sequence[float]]) -> None:
         """Work shared by all records (content-free scores, batch means, ...)."""
 
@@ -217,10 +222,16 @@ class _Anchored(Calibration):
         paths = self.run.pop("data_path", None), self.run.pop("direct_output_path", None)
         if None in paths:
             raise ClassificationError(f"--calibration {self.name} needs the direct run's input and output paths")
-        self.fingerprint = self.anchored.check(*paths, len(records))
+        self.fingerprint = self.anchored.check(*paths, len(records), records[0]["label_words"])
 
     def settings(self) -> Dict[str, Any]:
         return dict(self.fingerprint)
+
+    def input_files(self) -> List[Tuple[str, str]]:
+        a = self.anchored
+        return [("the anchor records", a.anchor_inputs), ("the hidden states", a.test_hidden_path),
+                ("the scored anchors", a.anchor_outputs), ("the scored anchors' hidden states",
+                                                           anchors.hidden_path(a.anchor_outputs))]
 
     def prepare(self, lm, records, direct_log_probs) -> None:
         self.anchored.prepare(lm, self.runtime, dict(self.run, completion_end=self.options.completion_end))

@@ -53,7 +53,7 @@ def as_list(value: Any) -> Any:
             parsed = json.loads(text)
             if isinstance(parsed, list):
                 return parsed
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
         text = text[1:-1]
     elif "," not in text:

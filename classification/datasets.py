@@ -11,13 +11,14 @@ demonstrations per class from train, a stratified seeded test sample
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification.cli import as_list
 from classification.errors import ClassificationError, check_int
-from classification.fileio import check_output_path, write_json_atomic
+from classification.fileio import check_not_inputs, check_output_path, write_json_atomic
 from classification.methods import TEMPLATE_METHODS
 from classification.presets import DEFAULT_TEMPLATES, PRESETS, Source, get_preset
 from classification.sampling import Example, sample_test, select_demonstrations
@@ -35,6 +36,7 @@ class Dataset:
     label_words: List[str]
     templates: Dict[str, str] = field(default_factory=dict)
     instruction: str = ""
+    files: List[str] = field(default_factory=list)  # the local files it was read from
 
 
 def _as_tuple(value: Union[None, str, Sequence[str]]) -> Optional[Tuple[str, ...]]:
@@ -69,16 +71,34 @@ def split_hub(hub: str) -> Tuple[str, Optional[str]]:
     return name, config or None
 
 
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")  # separators, NUL and other control characters
+
+
+def check_name(name: Any) -> str:
+    """A dataset name given by the user (a spec's ``"name"``), which becomes a folder and file name
+    part (``outputs/<name>/``, ``inputs_<method>_<name>.json``): one line unless it is a plain name."""
+    if not isinstance(name, str) or not name or name.startswith(".") or _UNSAFE_NAME.search(name):
+        raise ClassificationError(
+            f"dataset name {name!r} cannot name a folder: it must be a non-empty string without '/', '\\', "
+            "control characters or a leading dot, e.g. \"my_topics\""
+        )
+    return name
+
+
 def dataset_name(preset: Optional[str], hub: Optional[str], train: Optional[str], data_dir: Optional[str]) -> str:
-    """The dataset's name in records and reports: the preset, hub name, or the data folder's name."""
+    """The dataset's name in records and reports: the preset, hub name, or the data folder's name
+    (made a plain file name part: separators and control characters become "-", no leading dot)."""
     if preset:
-        return preset
-    if hub:
-        return split_hub(hub)[0].rstrip("/").split("/")[-1]
-    folder = Path(data_dir) if data_dir else Path(train).resolve().parent if train else None
-    if folder is not None and folder.resolve().name:
-        return folder.resolve().name
-    return Path(train).stem if train else "custom"
+        name = preset
+    elif hub:
+        name = split_hub(hub)[0].rstrip("/").split("/")[-1]
+    else:
+        folder = Path(data_dir) if data_dir else Path(train).resolve().parent if train else None
+        if folder is not None and folder.resolve().name:
+            name = folder.resolve().name
+        else:
+            name = Path(train).stem if train else "custom"
+    return _UNSAFE_NAME.sub("-", name).lstrip(".") or "custom"
 
 
 def load_dataset(
@@ -132,6 +152,7 @@ def load_dataset(
         overrides["split_seed"] = split_seed
     source = replace(source, **overrides)
 
+    files: List[str] = []
     if source.hub is not None:
         train_ex, test_ex, words = load_hub(source, words, names)
     else:
@@ -150,13 +171,16 @@ def load_dataset(
         if not names and listed is not None and len(listed) == len(words):
             names = listed
         train_ex, test_ex = load_local(source, root, words, names)
+        files += [str(root / f if root is not None else f) for f in (source.train, source.test) if f]
+        files += [str(folder / "labels.txt")] if listed is not None else []
     return Dataset(
-        name=name or dataset_name(preset, hub, train, data_dir),
+        name=check_name(name) if name is not None else dataset_name(preset, hub, train, data_dir),
         train=train_ex,
         test=test_ex,
         label_words=list(words),
         templates=dict(p.templates) if p else dict(DEFAULT_TEMPLATES),
         instruction=p.instruction if p else "",
+        files=files,
     )
 
 
@@ -189,7 +213,7 @@ def make_records(
     test_seed = seed if sample_seed is None else sample_seed
     chosen = sample_test(dataset.test, n_sample, test_seed, len(words)) if sample else list(dataset.test)
     meta = {"dataset": dataset.name, "method": method, "k": k, "seed": seed,
-            "sample_seed": test_seed if sample else None}
+            "sample_seed": test_seed if sample else None, "template": chosen_template}
     return [
         {
             "prompt": prompt,
@@ -237,10 +261,14 @@ def preprocess_dataset(
         parse_template(template, method)
     if n_sample == 0:
         sample = False
-    name = source.get("name") or dataset_name(preset, source.get("hub"), source.get("train"), source.get("data_dir"))
+    given = source.get("name")
+    name = check_name(given) if given is not None else dataset_name(
+        preset, source.get("hub"), source.get("train"), source.get("data_dir"))
     path = data_path or f"samples/inputs_{method}_{name}.json"
     check_output_path(path, "--data_path")
     dataset = load_dataset(preset=preset, **source)
+    outputs = [("--data_path", path)] + ([("the anchors of --data_path", retrieval.anchors_path(path))] if n_anchor else [])
+    check_not_inputs(outputs, [("the dataset file", f) for f in dataset.files])  # never over the user's data
     embed, tag = retrieval.embedder_for(embedder, ckpt_dir, tokenizer_path) if demos == "knn" else (None, "")
     records, anchors = retrieval.build_records(
         dataset, method, template, k, seed, sample, n_sample, sample_seed, demos, demo_pool, n_anchor, embed,

@@ -6,9 +6,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, writing
 from llama.verify import file_hash
 
 
@@ -19,30 +19,53 @@ def _umask() -> int:
 
 
 def write_json_atomic(path: str, obj: Any, indent: Optional[int] = None) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``
+    (a full disk or an unwritable folder: one-line :class:`ClassificationError`, ``path`` untouched)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=".tmp")
+    with writing(path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(obj, f, ensure_ascii=False, indent=indent)
+                f.write("\n")
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same once resolved, or one file under two names."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=indent)
-            f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_inputs(outputs: Sequence[Tuple[str, Optional[str]]], inputs: Sequence[Tuple[str, Optional[str]]]) -> None:
+    """One line if a run would write any of its ``outputs`` over one of its ``inputs`` (each a
+    (what, path) pair, e.g. ("--data_path", "in.json")), before anything is written."""
+    for out_what, out in outputs:
+        for in_what, source in inputs:
+            if out and source and same_file(out, source):
+                raise ClassificationError(
+                    f"{out_what} {out} would overwrite an input file ({in_what} {source}) of this run; "
+                    "choose another path"
+                )
 
 
 def check_output_path(path: str, flag: str = "--output_path", inputs: Sequence[str] = ()) -> None:
-    """Fail now, before any long work, if ``path`` cannot be written (creates missing folders)."""
+    """Fail now, before any long work, if ``path`` cannot be written (creates missing folders) or
+    is one of the ``inputs`` (:func:`check_not_inputs` checks derived outputs too)."""
     p = Path(path)
     if p.is_dir():
         raise ClassificationError(f"{flag} {path} is a directory; give a .json file path")
-    for other in inputs:
-        if other and p.resolve() == Path(other).resolve():
-            raise ClassificationError(f"{flag} {path} would overwrite an input file; choose another path")
+    check_not_inputs([(flag, path)], [("input", other) for other in inputs])
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=str(p.parent), prefix=f".{p.name}.", suffix=".check")

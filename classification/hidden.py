@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from classification import methods
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, writing
 
 EMBED_MAX_TOKENS = 256  # texts are cut to this many tokens for embedding (retrieval needs no more)
 _BATCH_TOKENS = 4096
@@ -161,18 +161,26 @@ def save_hidden(path: str, results: Sequence[Dict[str, Any]]) -> None:
     """Write the ``hidden_b64`` rows of ``results`` (record order) as one float16 (n, dim) ``.npy``."""
     rows = [np.frombuffer(base64.b64decode(r["hidden_b64"]), dtype=np.float16) for r in results]
     tmp = Path(path).with_suffix(".tmp.npy")
-    np.save(tmp, np.stack(rows))
-    tmp.replace(path)
+    with writing(path):
+        np.save(tmp, np.stack(rows))
+        tmp.replace(path)
 
 
 def load_hidden(path: str, n: int, what: str, hint: str) -> np.ndarray:
-    """(n, dim) float32 hidden states from ``path``; one-line error when missing or of another size."""
+    """(n, dim) float32 hidden states from ``path``; one-line error when missing, of another size,
+    or holding a NaN or infinity (damaged bytes; a calibration fitted on them would be NaN)."""
     if not Path(path).is_file():
         raise ClassificationError(f"{what} has no saved hidden states ({path} not found); {hint}")
     try:
         states = np.load(path)
-    except (OSError, ValueError) as e:
-        raise ClassificationError(f"{path}: cannot read hidden states: {e}") from None
-    if states.ndim != 2 or states.shape[0] != n:
-        raise ClassificationError(f"{path} holds hidden states of shape {states.shape}, expected {n} rows; {hint}")
+    except (OSError, ValueError, EOFError) as e:
+        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ClassificationError(f"{path}: cannot read hidden states: {cause}; {hint}") from None
+    if states.ndim != 2 or states.shape[0] != n or not np.issubdtype(states.dtype, np.floating):
+        raise ClassificationError(f"{path} holds hidden states of shape {states.shape} ({states.dtype}), expected "
+                                  f"{n} rows of floats; {hint}")
+    bad = np.nonzero(~np.isfinite(states).all(axis=1))[0]
+    if len(bad):
+        raise ClassificationError(f"{path}: the hidden states of {len(bad)} record(s) (first: row {bad[0]}) hold NaN "
+                                  f"or infinite values; {hint}")
     return states.astype(np.float32)

@@ -240,12 +240,33 @@ def calibrate(
     return results
 
 
-def parse_generation(generation: str, label_words: Sequence[str]) -> str:
-    """The label word the generation starts with as a whole word (case-insensitive, longest
-    match: "World news" and "World." name World, "Worldwide" does not), else "none"."""
-    text = generation.strip().lower()
+def _match_form(word: str, ignore_case: bool) -> str:
+    """What a label word is matched as: stripped, and case-folded when case is ignored."""
+    return word.strip().casefold() if ignore_case else word.strip()
+
+
+def check_label_matching(label_words: Sequence[str], ignore_case: bool = False) -> None:
+    """One line when two label words are the same under the matching of generations (["us", "US"]
+    when case is ignored): a generation naming one would count for the other."""
+    seen: Dict[str, str] = {}
+    for word in label_words:
+        form = _match_form(word, ignore_case)
+        if form in seen:
+            how = "case-insensitive matching" if ignore_case else "matching (surrounding spaces are ignored)"
+            raise ClassificationError(
+                f"label words {seen[form]!r} and {word!r} are the same under {how}; a generation could not tell "
+                "them apart: use distinct label words"
+            )
+        seen[form] = word
+
+
+def parse_generation(generation: str, label_words: Sequence[str], ignore_case: bool = False) -> str:
+    """The label word the generation starts with as a whole word, with its exact case unless
+    ``ignore_case`` (longest match: "World news" and "World." name World, "Worldwide" does not,
+    nor does "world" by default), else "none"."""
+    text = _match_form(generation, ignore_case)
     for word in sorted(label_words, key=len, reverse=True):
-        w = word.lower()
+        w = _match_form(word, ignore_case)
         if w and text.startswith(w) and not (len(text) > len(w) and text[len(w)].isalnum() and w[-1].isalnum()):
             return word
     return NONE_PREDICTION
@@ -258,8 +279,12 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: Optional[int] = None,
+    ignore_case: bool = False,
 ) -> List[Result]:
-    """Continue each filled prompt (stopping at a newline or EOS) and parse the label word."""
+    """Continue each filled prompt (stopping at a newline or EOS) and parse the label word (its
+    exact case unless ``ignore_case``; label words that matching cannot tell apart are refused)."""
+    for record in records[:1]:  # one label set per file
+        check_label_matching(record["label_words"], ignore_case)
     contexts: List[str] = []
     shortened: List[bool] = []
     for pos, record in enumerate(records):
@@ -283,7 +308,7 @@ def generate(
     return [
         {
             "generation": g,
-            "prediction": parse_generation(g, record["label_words"]),
+            "prediction": parse_generation(g, record["label_words"], ignore_case),
             "log_probs": None,
             "shortened": cut,
         }

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, json_cause
 
 REQUIRED_KEYS = ("prompt", "completion", "text", "label_words", "ground_truth")
 
@@ -26,6 +26,10 @@ def read_json(path: str, what: str, flag: str) -> Any:
         raise ClassificationError(f"{flag} {path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError:
         raise ClassificationError(f"{flag} {path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ClassificationError(f"{flag} {path}: JSON nested too deeply to read; is it the {what} file?") from None
+    except ValueError as e:  # an integer of more digits than Python converts (4300)
+        raise ClassificationError(f"{flag} {path}: unreadable JSON ({json_cause(e)})") from None
 
 
 def _check_template(record: Dict[str, Any], i: int, method: str, path: str) -> None:

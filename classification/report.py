@@ -3,11 +3,14 @@
     python run_report.py --inputs='[outputs/ag_news/k1, outputs/sst2/k1]' --out_dir outputs/report
 
 Inputs are ``*.metrics.json`` files, output files with their metrics beside them, folders
-(searched for ``*.metrics.json``) or glob patterns.  Runs are grouped by dataset × method × k
-(the seeds of a group are aggregated: mean ± sample std).  Writes ``report.md`` and PNGs
-(matplotlib, Agg backend) under ``out_dir/img``:
+(searched for ``*.metrics.json``) or glob patterns.  Runs are grouped by everything that
+defines a run but the demonstration seed (dataset, k, method, model and tokenizer files,
+precision, quantization, calibration flags, demonstrations, template...; :func:`run_setting`),
+and only the seeds of a group are aggregated: mean ± sample std.  Runs of one dataset, k and
+method in several settings get a row each, with the settings that tell them apart (v0, v1...
+in the plots).  Writes ``report.md`` and PNGs (matplotlib, Agg backend) under ``out_dir/img``:
 
-- ``confusion_<dataset>_k<k>_<method>_seed<s>.png``: the confusion matrix of every run;
+- ``confusion_<dataset>_k<k>_<method>[-v<i>]_seed<s>.png``: the confusion matrix of every run;
 - ``reliability_<dataset>_k<k>.png``: a reliability diagram per method (bins pooled over seeds:
   accuracy per confidence bin against the diagonal, with the pooled ECE);
 - ``accuracy_<dataset>_k<k>.png``: accuracy by method, one dot per seed, mean ± std bars.
@@ -18,18 +21,30 @@ The plots hold numbers and label words only (no dataset text).
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
+import math
 import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification.cli import as_list
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, json_cause, writing
 from classification.seeds import fmt_mean_std, mean_std
 from classification.table import label_rank, method_label
 
-GroupKey = Tuple[str, Any, str]  # (dataset, k, method label)
+GroupKey = Tuple[str, Any, str, str]  # (dataset, k, method label, setting: "" or what tells it from the others)
+
+# Fingerprint entries that change from seed to seed of one setting (the input records with their
+# demonstrations, and the files calibrations make from them), or that do not change the results.
+PER_SEED = ("data_sha256", "direct_output_sha256", "anchors_sha256", "save_hidden")
+# What defines a run in a metrics file without a fingerprint.
+RUN_SETTINGS = ("model", "tokenizer", "dtype", "device", "quantize", "scoring", "max_seq_len", "max_batch_size",
+                "completion_end", "max_gen_len", "temperature", "top_p", "calibration", "content_free",
+                "domain_premise", "batch_size", "n_anchor", "knn_k")
+# The inputs' settings, recorded beside the scores (the method label is added to them).
+INPUT_SETTINGS = ("dataset", "k", "n", "sample_seed", "demos", "demo_pool", "template")
 
 
 def _metrics_files(inputs: Union[str, Sequence[str]]) -> List[Path]:
@@ -64,16 +79,61 @@ def _metrics_files(inputs: Union[str, Sequence[str]]) -> List[Path]:
     return list(OrderedDict.fromkeys(p.resolve() for p in found))
 
 
+def _is_number(value: Any, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _field_problem(m: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+    """(field, what it must be) for the first field the report reads that is malformed, else None."""
+    for key, optional in (("accuracy", False), ("macro_f1", True), ("ece", True), ("n_none", True)):
+        if not _is_number(m.get(key), optional):
+            return key, "a number" if not optional else "a number or null"
+    for key, kinds in (("seed", (int,)), ("k", (int,)), ("dataset", (str,)), ("sample_seed", (int,))):
+        value = m.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            return key, f"{'an integer' if kinds == (int,) else 'a string'} or null"
+    cm = m.get("confusion_matrix")
+    if not isinstance(cm, dict) or not all(isinstance(cm.get(k), list) for k in ("matrix", "rows", "columns")):
+        return "confusion_matrix", "an object with lists matrix, rows and columns"
+    if not (all(isinstance(x, str) for x in cm["rows"] + cm["columns"]) and len(cm["matrix"]) == len(cm["rows"])
+            and all(isinstance(r, list) and len(r) == len(cm["columns"]) for r in cm["matrix"])
+            and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for r in cm["matrix"] for c in r)):
+        return "confusion_matrix", "label names and a rows x columns matrix of counts"
+    per_class = m.get("per_class")
+    if not isinstance(per_class, dict) or not all(
+            isinstance(v, dict) and all(_is_number(v.get(k), True) for k in ("precision", "recall", "f1"))
+            for v in per_class.values()):
+        return "per_class", "an object of per-label precision, recall and f1 numbers"
+    bins = m.get("reliability")
+    if bins is not None and not (isinstance(bins, list) and all(
+            isinstance(b, dict) and isinstance(b.get("n"), int) and b["n"] >= 0
+            and all(_is_number(b.get(k)) for k in ("lo", "hi"))
+            and all(_is_number(b.get(k), not b["n"]) for k in ("confidence", "accuracy")) for b in bins)):
+        return "reliability", "a list of bins (lo, hi, n, confidence, accuracy) or null"
+    return None
+
+
 def load_runs(inputs: Union[str, Sequence[str]]) -> List[Dict[str, Any]]:
     """The metrics dicts of the inputs, each with ``_label`` (method label) and ``_path``."""
     runs = []
     for path in _metrics_files(inputs):
         try:
             m = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise ClassificationError(f"metrics file {path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ClassificationError(f"metrics file {path} is not valid JSON: nested too deeply") from None
+        except ValueError as e:  # JSONDecodeError, not UTF-8, or an integer of more digits than Python converts
+            raise ClassificationError(f"metrics file {path} is not valid JSON: {json_cause(e)}") from None
         if not isinstance(m, dict) or "accuracy" not in m or "confusion_matrix" not in m:
             raise ClassificationError(f"{path} is not a metrics file (no accuracy or confusion_matrix)")
+        problem = _field_problem(m)
+        if problem is not None:
+            key, need = problem
+            raise ClassificationError(
+                f"metrics file {path}: {key} is {_short(repr(m.get(key)), 40)}, expected {need}; the file is damaged "
+                "or edited: rerun that method, or leave the file out of --inputs"
+            )
         m["_label"] = method_label(m)
         m["_path"] = str(path)
         m.setdefault("dataset", None)
@@ -81,12 +141,51 @@ def load_runs(inputs: Union[str, Sequence[str]]) -> List[Dict[str, Any]]:
     return runs
 
 
+def run_setting(m: Dict[str, Any]) -> Dict[str, Any]:
+    """Everything that defines the run of metrics ``m`` but its demonstration seed: its fingerprint
+    (model and tokenizer files by content, precision, quantization, calibration and its flags, ...)
+    without the per-seed entries, the inputs' settings and the method label."""
+    fingerprint = m.get("fingerprint")
+    if isinstance(fingerprint, dict):
+        setting = {k: v for k, v in fingerprint.items() if k not in PER_SEED}
+    else:
+        setting = {k: m.get(k) for k in RUN_SETTINGS}
+    setting.update({k: m.get(k) for k in INPUT_SETTINGS})
+    setting["method"] = m["_label"]
+    return setting
+
+
+def _setting_text(key: str, value: Any, m: Dict[str, Any]) -> str:
+    """One setting as the table shows it: files by their path and a short hash of their content."""
+    if isinstance(value, (dict, list)):
+        digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
+        path = m.get(key[: -len("_files")]) if key.endswith("_files") else None
+        return f"{key[: -len('_files')]} {path} #{digest}" if path else f"{key} #{digest}"
+    text = str(value).replace("\n", "\\n").replace("|", "\\|")  # one table cell (templates hold newlines)
+    return f"{key} {_short(text, 40)}"
+
+
 def group_runs(runs: Sequence[Dict[str, Any]]) -> "OrderedDict[GroupKey, List[Dict[str, Any]]]":
-    """Runs by (dataset, k, method label), ordered by dataset, k, method; each group by seed."""
-    groups: Dict[GroupKey, List[Dict[str, Any]]] = {}
+    """Runs by setting (:func:`run_setting`: only their seeds differ within a group), ordered by
+    dataset, k, method; each group by seed.  The key's last part tells groups of one dataset, k
+    and method apart: the settings in which they differ (empty when there is one such group)."""
+    by_setting: Dict[str, List[Dict[str, Any]]] = {}
     for m in runs:
-        groups.setdefault((m.get("dataset") or "unknown", m.get("k"), m["_label"]), []).append(m)
-    ordered = sorted(groups, key=lambda g: (g[0], str(g[1]), label_rank(g[2]), g[2]))
+        key = json.dumps(run_setting(m), sort_keys=True, default=str)
+        by_setting.setdefault(key, []).append(m)
+    buckets: Dict[Tuple[str, Any, str], List[List[Dict[str, Any]]]] = {}
+    for members in by_setting.values():
+        m = members[0]
+        buckets.setdefault((m.get("dataset") or "unknown", m.get("k"), m["_label"]), []).append(members)
+    groups: Dict[GroupKey, List[Dict[str, Any]]] = {}
+    for (dataset, k, label), variants in buckets.items():
+        settings = [run_setting(members[0]) for members in variants]
+        differ = sorted(key for key in set().union(*settings)
+                        if len({json.dumps(s.get(key), sort_keys=True, default=str) for s in settings}) > 1)
+        for members, setting in zip(variants, settings):
+            text = ", ".join(_setting_text(key, setting.get(key), members[0]) for key in differ)
+            groups[(dataset, k, label, text)] = members
+    ordered = sorted(groups, key=lambda g: (g[0], str(g[1]), label_rank(g[2]), g[2], g[3]))
     return OrderedDict(
         (g, sorted(groups[g], key=lambda m: (m.get("seed") is None, m.get("seed") or 0))) for g in ordered
     )
@@ -224,17 +323,21 @@ def plot_accuracy(groups: Sequence[Tuple[str, List[Dict[str, Any]]]], title: str
 
 
 def results_table(groups: "OrderedDict[GroupKey, List[Dict[str, Any]]]") -> str:
+    """One row per setting; a setting column when runs of one dataset, k and method differ otherwise."""
+    with_setting = any(setting for _, _, _, setting in groups)
+    extra = (" setting |", "---|") if with_setting else ("", "")
     lines = [
-        "| dataset | k | method | seeds | n | accuracy | macro-F1 | ECE | none |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|",
+        f"| dataset | k | method |{extra[0]} seeds | n | accuracy | macro-F1 | ECE | none |",
+        f"|---|---:|---|{extra[1]}---|---:|---:|---:|---:|---:|",
     ]
-    for (dataset, k, label), runs in groups.items():
+    for (dataset, k, label, setting), runs in groups.items():
         seeds = ", ".join(str(m.get("seed")) for m in runs)
         n = "/".join(sorted({str(m.get("n")) for m in runs}))
         stats = [fmt_mean_std(mean_std([m.get(key) for m in runs])) for key in ("accuracy", "macro_f1", "ece")]
         none = mean_std([m.get("n_none", 0) for m in runs])["mean"]
         none_cell = f"{none:.1f}" if label == "generate" else "-"
-        lines.append(f"| {dataset} | {k} | {label} | {seeds} | {n} | " + " | ".join(stats) + f" | {none_cell} |")
+        cell = f" {setting or '-'} |" if with_setting else ""
+        lines.append(f"| {dataset} | {k} | {label} |{cell} {seeds} | {n} | " + " | ".join(stats) + f" | {none_cell} |")
     return "\n".join(lines)
 
 
@@ -260,11 +363,18 @@ def build_report(
     runs = load_runs(inputs)
     groups = group_runs(runs)
     root = Path(out_dir)
+    with writing(root, "--out_dir"):  # a read-only folder or a full disk: one line
+        return _write_report(runs, groups, root, title)
+
+
+def _write_report(
+    runs: List[Dict[str, Any]], groups: "OrderedDict[GroupKey, List[Dict[str, Any]]]", root: Path, title: str
+) -> str:
     img = root / "img"
     img.mkdir(parents=True, exist_ok=True)
-    datasets: Dict[Tuple[str, Any], List[Tuple[str, List[Dict[str, Any]]]]] = OrderedDict()
-    for (dataset, k, label), members in groups.items():
-        datasets.setdefault((dataset, k), []).append((label, members))
+    datasets: Dict[Tuple[str, Any], List[Tuple[str, str, List[Dict[str, Any]]]]] = OrderedDict()
+    for (dataset, k, label, setting), members in groups.items():
+        datasets.setdefault((dataset, k), []).append((label, setting, members))
     n_seeds = max(len(members) for members in groups.values())
     lines = [
         f"# {title}",
@@ -276,9 +386,14 @@ def build_report(
         results_table(groups),
         "",
     ]
-    for (dataset, k), members in datasets.items():
+    for (dataset, k), entries in datasets.items():
+        # One method in several settings: "direct v0", "direct v1"... in the plots, spelled out here.
+        short = [f"{label} v{i}" if setting else label for i, (label, setting, _) in enumerate(entries)]
+        members = [(tag, seed_runs) for tag, (_, _, seed_runs) in zip(short, entries)]
         name = f"{dataset}, k={k}"
         lines += [f"## {name}", ""]
+        lines += [f"- {tag}: {setting}" for tag, (_, setting, _) in zip(short, entries) if setting]
+        lines += [""] if any(setting for _, setting, _ in entries) else []
         acc_png = img / f"accuracy_{_slug(dataset, f'k{k}')}.png"
         plot_accuracy(members, f"{name}: accuracy by method", acc_png)
         lines += [f"![accuracy by method, {name}](img/{acc_png.name})", ""]
@@ -287,13 +402,13 @@ def build_report(
             lines += [f"![reliability diagrams, {name}](img/{rel_png.name})", ""]
         lines += ["Per-class precision / recall / F1 (mean over seeds):", "", per_class_table(members), ""]
         lines += ["Confusion matrices (rows: true label, columns: prediction):", ""]
-        for label, seed_runs in members:
+        for shown, seed_runs in members:
             cells = []
             for m in seed_runs:
-                png = img / f"confusion_{_slug(dataset, f'k{k}', label, 'seed' + str(m.get('seed')))}.png"
+                png = img / f"confusion_{_slug(dataset, f'k{k}', shown, 'seed' + str(m.get('seed')))}.png"
                 plot_confusion(m, png)
-                cells.append(f"![{label} seed {m.get('seed')}](img/{png.name})")
-            lines += [f"**{label}**", "", " ".join(cells), ""]
+                cells.append(f"![{shown} seed {m.get('seed')}](img/{png.name})")
+            lines += [f"**{shown}**", "", " ".join(cells), ""]
     path = root / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     print(f"Wrote {path} ({len(runs)} runs, {len(list(img.glob('*.png')))} images in {img})")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
+from classification.errors import writing
 from classification.fileio import file_sha256, write_json_atomic
 
 CHUNK_SIZE = 64
@@ -129,7 +130,7 @@ def read_partials(
             continue
         try:
             header = json.loads(lines[0])
-        except (json.JSONDecodeError, IndexError):
+        except (ValueError, RecursionError, IndexError):  # also too deep, or an over-long integer
             continue
         if not isinstance(header, dict) or header.get("fingerprint") != fingerprint:
             old = header.get("fingerprint") if isinstance(header, dict) else None
@@ -139,7 +140,7 @@ def read_partials(
         for line in lines[1:]:
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 continue
             pos = entry.get("pos") if isinstance(entry, dict) else None
             if not isinstance(pos, int) or not 0 <= pos < n or not isinstance(entry.get("result"), dict):
@@ -161,20 +162,30 @@ class PartialWriter:
         self.path = path
         lines = keep_lines or [json.dumps({"version": PARTIAL_VERSION, "fingerprint": fingerprint})]
         target = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, target)
-        self.file = open(path, "a", encoding="utf-8")
+        with writing(path):
+            fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write("\n".join(lines) + "\n")
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            self.file = open(path, "a", encoding="utf-8")
 
     def append(self, entries: Sequence[Tuple[int, Result]]) -> None:
-        for pos, result in entries:
-            self.file.write(json.dumps({"pos": pos, "result": result}) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        """Append and sync; a full disk is one line, and the lines synced before stay."""
+        with writing(self.path):
+            for pos, result in entries:
+                self.file.write(json.dumps({"pos": pos, "result": result}) + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # only what a failed append could not write is lost; it was reported then
+            pass
 
 
 def run_resumable(
@@ -249,7 +260,7 @@ def read_metrics(output_path: str) -> Optional[Dict[str, Any]]:
     try:
         with open(metrics_path(output_path), encoding="utf-8") as f:
             metrics = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(metrics, dict) or not Path(output_path).is_file():
         return None

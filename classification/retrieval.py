@@ -28,6 +28,7 @@ out of the retrieval pool.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from classification.sampling import Example, by_class, stratified
-from classification.errors import ClassificationError, check_int
+from classification.errors import ClassificationError, check_int, writing
 from classification.templates import has_placeholder
 
 DEMOS = ("random", "bm25", "knn")
@@ -142,14 +143,34 @@ def select(
 
 
 class EmbeddingCache:
-    """Text embeddings of one embedder in an ``.npz`` beside the records, keyed by sha256 of the text."""
+    """Text embeddings of one embedder in an ``.npz`` beside the records, keyed by sha256 of the text
+    (the file's name carries the embedder's content fingerprint: :func:`embedder_for`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.vectors: Dict[str, np.ndarray] = {}
         if path.is_file():
+            self.vectors = self._read(path)
+
+    @staticmethod
+    def _read(path: Path) -> Dict[str, np.ndarray]:
+        """{key: vector} of a cache file; one line for a damaged or foreign one (it is only a cache)."""
+        fix = "delete it to embed the texts again"
+        try:
             with np.load(path) as data:
-                self.vectors = dict(zip(data["keys"].tolist(), data["vectors"]))
+                keys, vectors = data["keys"], data["vectors"]
+        except Exception as e:  # noqa: BLE001 - BadZipFile, ValueError, OSError, EOFError, KeyError...
+            cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ClassificationError(f"{path}: not a readable embeddings cache ({cause}); {fix}") from None
+        if (keys.ndim != 1 or keys.dtype.kind != "U" or vectors.ndim != 2 or vectors.dtype.kind != "f"
+                or len(keys) != len(vectors)):
+            raise ClassificationError(
+                f"{path}: an embeddings cache holds a list of keys and a (keys, dim) array of vectors, not "
+                f"{keys.dtype}{list(keys.shape)} and {vectors.dtype}{list(vectors.shape)}; {fix}"
+            )
+        if not np.isfinite(vectors).all():
+            raise ClassificationError(f"{path}: the embeddings cache holds NaN or infinite values; {fix}")
+        return dict(zip(keys.tolist(), vectors.astype(np.float32)))
 
     @staticmethod
     def key(text: str) -> str:
@@ -162,11 +183,18 @@ class EmbeddingCache:
         if missing:
             vecs = np.asarray(compute([t for _, t in missing]), dtype=np.float32)
             vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            dims = {v.shape[0] for v in self.vectors.values()}
+            if dims and dims != {vecs.shape[1]}:
+                raise ClassificationError(
+                    f"{self.path} holds {dims.pop()}-dimensional embeddings but the embedder gives "
+                    f"{vecs.shape[1]}-dimensional ones; delete it to embed the texts again"
+                )
             self.vectors.update({k: v for (k, _), v in zip(missing, vecs)})
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp.npz")
-            np.savez(tmp, keys=np.array(list(self.vectors)), vectors=np.stack(list(self.vectors.values())))
-            tmp.replace(self.path)
+            with writing(self.path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(tmp, keys=np.array(list(self.vectors)), vectors=np.stack(list(self.vectors.values())))
+                tmp.replace(self.path)
         return np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
 
 
@@ -225,9 +253,13 @@ Embed = Callable[[List[str]], np.ndarray]
 
 
 def embedder_for(embedder: Optional[str], ckpt_dir: str, tokenizer_path: str) -> Tuple[Embed, str]:
-    """(embed function, cache tag) for ``--embedder`` (a sentence-transformers path) or the scoring model."""
+    """(embed function, cache tag) for ``--embedder`` (a sentence-transformers path) or the scoring model.
+
+    The tag names the embedder and fingerprints its files' content (model and tokenizer; the
+    digests resumed runs are checked with), so weights changed in place get a cache of their own
+    instead of the demonstrations their old embeddings chose."""
     if embedder is not None:
-        return sentence_transformer(embedder), "st-" + _tag(embedder)
+        return sentence_transformer(embedder), "st-" + _tag(embedder, [embedder])
     from classification.hidden import text_embeddings
     from classification.runner import load_model
 
@@ -238,13 +270,17 @@ def embedder_for(embedder: Optional[str], ckpt_dir: str, tokenizer_path: str) ->
             state["lm"] = load_model(ckpt_dir, tokenizer_path, 2048, 16, None, None, "fast", True)[0]
         return text_embeddings(state["lm"], texts)
 
-    return embed, _tag(ckpt_dir)
+    return embed, _tag(ckpt_dir, [ckpt_dir, tokenizer_path])
 
 
-def _tag(path: str) -> str:
+def _tag(path: str, content: Sequence[str]) -> str:
+    """A file-name part: the last two parts of ``path``, then a hash of the ``content`` files' fingerprints."""
+    from classification.resume import files_fingerprint
+
     p = Path(path)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(p.resolve().parts[-2:]))
-    return f"{name}-{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]}"
+    prints = json.dumps([files_fingerprint(c) for c in content], sort_keys=True)
+    return f"{name}-{hashlib.sha256(prints.encode()).hexdigest()[:12]}"
 
 
 def build_records(

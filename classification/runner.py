@@ -28,14 +28,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from classification import hidden, methods
 from classification.calibrations import Calibration, CalibrationOptions, calibration_class
 from classification.errors import ClassificationError, check_int
-from classification.fileio import check_output_path, file_sha256
+from classification.fileio import check_not_inputs, check_output_path, file_sha256
 from classification.lm import LanguageModel
 from classification.metrics import calibration_metrics, classification_metrics
 from classification.methods import METHODS
 from classification.records import load_direct_outputs, load_records
 from classification.resume import (
-    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, read_metrics,
-    run_resumable, write_finished,
+    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, partial_path,
+    read_metrics, run_resumable, write_finished,
 )
 from classification.scoring import SCORING_MODES as SCORINGS
 from llama.quantize import QUANTIZE_MODES, detect_int8_kernel
@@ -81,9 +81,12 @@ def load_model(
 
         if str(dtype).lower() not in DTYPES:
             raise ClassificationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    from llama.verify import trained_context
+    from llama.verify import VerifyError, trained_context
 
-    context, source = trained_context(ckpt_dir)
+    try:
+        context, source = trained_context(ckpt_dir)
+    except VerifyError as e:
+        raise ClassificationError(str(e)) from None
     if context is not None and max_seq_len > context:
         print(f"warning: --max_seq_len {max_seq_len} is above the {context} tokens the model was trained for "
               f"({source}); longer prompts are extrapolated: pass --max_seq_len {context}", file=sys.stderr)
@@ -186,6 +189,7 @@ def make_scorer(
 
         return calibrated
     if method == "generate":
+        methods.check_label_matching(label_words, bool((generation or {}).get("ignore_case")))  # before any output
         return lambda positions: methods.generate(lm, [records[p] for p in positions], **(generation or {}))
     score_fn = getattr(methods, method)
 
@@ -200,18 +204,25 @@ def make_scorer(
 
 
 def check_finite(
-    score: Callable[[List[int]], List[Result]], records: Sequence[Dict[str, Any]], dtype: Optional[str]
+    score: Callable[[List[int]], List[Result]], records: Sequence[Dict[str, Any]], dtype: Optional[str],
+    calibration: Optional[str] = None,
 ) -> Callable[[List[int]], List[Result]]:
-    """``score`` that stops, before anything is stored, at the first non-finite log-prob."""
+    """``score`` that stops, before anything is stored, at the first non-finite log-prob.
+
+    The model's precision is blamed only when the model scored the record: a calibration works
+    from files whose values were checked finite when read, so its NaN is its own."""
 
     def checked(positions: List[int]) -> List[Result]:
         results = score(positions)
         for p, result in zip(positions, results):
             if not all_finite(result):
-                raise ClassificationError(
-                    f"record {p} (index {records[p]['index']}) got a non-finite log-prob {result.get('log_probs')} "
-                    f"with dtype {dtype}; rerun with --dtype bf16 or --dtype fp32"
-                )
+                what = f"record {p} (index {records[p]['index']}) got a non-finite log-prob {result.get('log_probs')}"
+                if calibration is not None:
+                    raise ClassificationError(
+                        f"{what} from calibration {calibration}, whose inputs are finite: the calibration failed "
+                        "numerically on them; try another --calibration"
+                    )
+                raise ClassificationError(f"{what} with dtype {dtype}; rerun with --dtype bf16 or --dtype fp32")
         return results
 
     return checked
@@ -302,6 +313,8 @@ def compute_metrics(
     meta = records[0].get("meta")
     if isinstance(meta, dict):
         metrics.update({key: meta.get(key) for key in ("dataset", "k", "seed", "sample_seed")})
+        # Further settings of the inputs, where recorded (the report groups runs by them).
+        metrics.update({key: meta[key] for key in ("demos", "demo_pool", "template") if key in meta})
     metrics.update(settings)
     metrics["n_shortened"] = sum(o["shortened"] for o in outputs)
     return metrics
@@ -355,6 +368,7 @@ def evaluate(
     save_hidden: bool = False,
     n_anchor: Optional[int] = None,
     knn_k: Optional[int] = None,
+    ignore_case: bool = False,
 ) -> Optional[Dict[str, Any]]:
     """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
 
@@ -369,6 +383,8 @@ def evaluate(
     ``save_hidden`` (direct): also write each record's label-predicting hidden state to
     ``<output stem>.hidden.npy`` (:mod:`classification.hidden`), which the anchor calibrations
     (hidden, lda, knn; ``n_anchor``, ``knn_k``: :mod:`classification.anchors`) read.
+    ``ignore_case`` (generate): match generations to label words case-insensitively (default:
+    exact case, so "US" is not "us").
     """
     start = time.time()
     _check_flags(
@@ -386,7 +402,7 @@ def evaluate(
     records = load_records(data_path, method)
     calibrator: Optional[Calibration] = None
     direct_outputs: List[Dict[str, Any]] = []
-    inputs = [data_path]
+    inputs = [("--direct_input_path" if method == "calibrate" else "--data_path", data_path)]
     if calibration_cls is not None:
         if not direct_output_path:
             raise ClassificationError(
@@ -396,8 +412,18 @@ def evaluate(
         direct_outputs = load_direct_outputs(direct_output_path, records)
         _check_direct_run(direct_output_path, data_path, completion_end)
         calibrator = calibration_cls(options, records)
-        inputs.append(direct_output_path)
-    check_output_path(output_path, inputs=inputs)
+        inputs += [("--direct_output_path", direct_output_path),
+                   ("the metrics of --direct_output_path", metrics_path(direct_output_path)),
+                   *calibrator.input_files()]
+    check_output_path(output_path)
+    if calibrator is None or calibrator.needs_model:
+        inputs += [("--tokenizer_path", tokenizer_path)]
+        inputs += [("--ckpt_dir", str(f)) for f in (Path(ckpt_dir).iterdir() if Path(ckpt_dir).is_dir() else [ckpt_dir])]
+    outputs = [("--output_path", output_path), ("the metrics of --output_path", metrics_path(output_path)),
+               ("the partial results of --output_path", partial_path(output_path))]
+    if save_hidden:
+        outputs.append(("the hidden states of --output_path", hidden.hidden_path(output_path)))
+    check_not_inputs(outputs, inputs)  # no output of this run is written over one of its inputs
 
     needs_model = calibrator is None or calibrator.needs_model
     if not needs_model and runtime is None and int(os.environ.get("RANK", "0")) != 0:
@@ -413,7 +439,9 @@ def evaluate(
             settings["max_batch_size"] = max_batch_size
             if not str(settings["device"]).startswith("cuda"):
                 settings["int8_kernel"] = detect_int8_kernel()
-    generation = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
+    # ignore_case: how generations are matched to label words (part of the fingerprint: exact case
+    # became the default, so generations parsed the old way are not reused).
+    generation = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed, ignore_case=ignore_case)
     if method == "generate":
         settings.update(generation)
     else:
@@ -459,7 +487,7 @@ def evaluate(
     if calibrator is not None:
         calibrator.runtime = runtime
     score = make_scorer(method, lm, records, completion_end, calibrator, direct_outputs, generation, save_hidden)
-    score = check_finite(score, records, settings.get("dtype"))
+    score = check_finite(score, records, settings.get("dtype"), calibration if calibrator is not None else None)
     # Longest texts first (even batches, early failure on memory); ties in record order.
     order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
     gathered = run_resumable(

@@ -24,7 +24,7 @@ from classification import anchors, runner
 from classification.cli import as_list
 from classification.datasets import Dataset, load_dataset, make_records
 from classification.presets import PRESETS
-from classification.errors import ClassificationError, check_int
+from classification.errors import ClassificationError, check_int, writing
 from classification.fileio import write_json_atomic
 from classification.calibrations import CALIBRATIONS
 from classification.table import method_label
@@ -217,8 +217,9 @@ def run_seeds(
     }
     table = summary_table(summary["methods"], seed_list)
     write_json_atomic(str(root / "summary.json"), summary, indent=2)
-    (root / "summary.md").write_text(f"{data.name}, k={k}, seeds {seed_list}: accuracy per seed, mean ± std\n\n"
-                                     + table + "\n", encoding="utf-8")
+    with writing(root / "summary.md"):
+        (root / "summary.md").write_text(f"{data.name}, k={k}, seeds {seed_list}: accuracy per seed, mean ± std\n\n"
+                                         + table + "\n", encoding="utf-8")
     print(table)
     print(f"Wrote {root / 'summary.json'} and {root / 'summary.md'}")
     return summary

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, json_cause
 from classification.presets import Source
 from classification.sampling import N_CLASSES, Example, holdout_split
 
@@ -114,6 +114,10 @@ def read_rows(path: Path, fmt: Optional[str] = None) -> Iterator[Tuple[str, Dict
         raise ClassificationError(f"{path}: invalid JSON at line {line} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError:
         raise ClassificationError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ClassificationError(f"{path}: JSON nested too deeply to read; rows are flat objects") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise ClassificationError(f"{path}: unreadable JSON ({json_cause(e)})") from None
     for where, row in items:
         if not isinstance(row, dict):
             raise ClassificationError(f"{where} is not a JSON object")

@@ -10,7 +10,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from classification.calibrations import CALIBRATIONS
-from classification.errors import ClassificationError
+from classification.errors import ClassificationError, json_cause
 
 CALIBRATION_ORDER = tuple(CALIBRATIONS)  # one list: the registered calibrations, in order
 # Display names, in table order: calibrations are post hoc re-scorings of the direct run.
@@ -38,8 +38,10 @@ def load_metrics(paths: Sequence[str]) -> List[Dict[str, Any]]:
                 m = json.load(f)
         except OSError as e:
             raise ClassificationError(f"cannot read metrics file {path}: {e.strerror or e}") from None
-        except ValueError as e:
-            raise ClassificationError(f"metrics file {path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ClassificationError(f"metrics file {path} is not valid JSON: nested too deeply") from None
+        except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
+            raise ClassificationError(f"metrics file {path} is not valid JSON: {json_cause(e)}") from None
         if not isinstance(m, dict) or "accuracy" not in m:
             raise ClassificationError(f"{path} is not a metrics file (no accuracy)")
         rows.append(m)

@@ -13,9 +13,11 @@ only its own slice of each tensor, a few MiB at a time, in the compute dtype.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -23,13 +25,48 @@ from torch import Tensor
 from llama import verify
 from llama.model import ModelArgs, Transformer
 from llama.parallel import shard_dim
-from llama.tokenizer import gguf_field
+from llama.tokenizer import _first_line, gguf_field, open_gguf
 
 StateDict = Dict[str, Tensor]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    """The JSON value in ``path``; bad JSON (too deep, a number too long, not UTF-8) is one line with ``fix``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        cause = "nested too deeply"
+    except UnicodeDecodeError:
+        cause = "not UTF-8 text"
+    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
+        cause = _first_line(e)
+    except OSError as e:
+        cause = f"cannot be read: {e.strerror or e}"
+    raise CheckpointError(f"{path} is not valid JSON ({cause}); {fix}")
+
+
+_REQUIRED = object()
+
+
+def _setting(value: Any, key: str, source: object, kind: type = int) -> Any:
+    """A checkpoint setting as ``kind`` (int: a positive integer; float: a finite number).  A missing
+    one (``_REQUIRED``) or one of another type (a string, a bool, null) is one line naming ``source``."""
+    if value is _REQUIRED:
+        raise CheckpointError(f"{source}: {key} is missing; the file is incomplete or not a LLaMA-family model's: "
+                              "download or convert it again")
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        need = "a positive integer" if kind is int else "a number"
+        raise CheckpointError(f"{source}: {key} is {value!r} ({type(value).__name__}), expected {need}; "
+                              "fix the file or download it again")
+    return kind(value)
 
 
 # Meta name pattern -> (HF name pattern, GGUF name pattern). "{i}" is the layer index.
@@ -105,10 +142,7 @@ def read_params(ckpt_dir: Path) -> dict:
             f"{path} not found: a Meta-layout checkpoint directory needs params.json beside its "
             "consolidated.NN.pth files (convert other layouts with `python -m llama.convert`)"
         )
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it from the original download") from None
+    return _read_json(path, "restore it from the original download")
 
 
 def read_meta(ckpt_dir: Path, mp_rank: int = 0, mp_size: int = 1) -> Tuple[ModelArgs, StateDict]:
@@ -207,28 +241,37 @@ def write_meta(args: ModelArgs, state: StateDict, out_dir: Path, shards: int = 1
 # HF layout
 
 
-def _args_from_hf_config(cfg: dict) -> ModelArgs:
+def _args_from_hf_config(cfg: dict, source: object = "config.json") -> ModelArgs:
     # transformers 5 moved rope settings into "rope_parameters"; 4.x used rope_theta/rope_scaling.
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise CheckpointError(f"{source}: rope_scaling is {rope!r}, expected an object; fix the file or download it again")
     theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0))
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
-        raise CheckpointError(f"config.json asks for rope type {rope_type!r}; only default and llama3 are supported")
+        raise CheckpointError(f"{source} asks for rope type {rope_type!r}; only default and llama3 are supported")
+
+    def get(key: str, kind: type = int, default: Any = _REQUIRED, where: dict = cfg) -> Any:
+        value = where.get(key)
+        return _setting(default if value is None else value, key, source, kind)
+
+    n_heads = get("num_attention_heads")
     args = ModelArgs(
-        dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
-        n_kv_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
-        vocab_size=cfg["vocab_size"], norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
+        dim=get("hidden_size"), n_layers=get("num_hidden_layers"), n_heads=n_heads,
+        n_kv_heads=get("num_key_value_heads", default=n_heads),
+        vocab_size=get("vocab_size"), norm_eps=get("rms_norm_eps", float, 1e-6),
+        rope_theta=get("rope_theta", float, theta),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
     )
     if cfg.get("head_dim", args.head_dim) != args.head_dim:
         raise CheckpointError("config.json has head_dim != hidden_size / num_attention_heads, which LLaMA does not support")
     if rope_type == "llama3":
         args.use_scaled_rope = True
-        args.rope_scale_factor = float(rope["factor"])
-        args.rope_low_freq_factor = float(rope["low_freq_factor"])
-        args.rope_high_freq_factor = float(rope["high_freq_factor"])
-        args.rope_original_max_seq_len = int(rope["original_max_position_embeddings"])
-    _set_ffn(args, cfg["intermediate_size"])
+        args.rope_scale_factor = get("factor", float, where=rope)
+        args.rope_low_freq_factor = get("low_freq_factor", float, where=rope)
+        args.rope_high_freq_factor = get("high_freq_factor", float, where=rope)
+        args.rope_original_max_seq_len = get("original_max_position_embeddings", where=rope)
+    _set_ffn(args, get("intermediate_size"))
     return args
 
 
@@ -264,10 +307,19 @@ def _hf_config(args: ModelArgs) -> dict:
 def _hf_files(model_dir: Path) -> list:
     index = model_dir / "model.safetensors.index.json"
     if index.exists():  # multi-file checkpoints: read only the files the index names
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index} is not a safetensors index ({type(e).__name__}: {e}); download it again") from None
+        data = _read_json(index, "download it again")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and f for f in weight_map.values()):
+            raise CheckpointError(f"{index} is not a safetensors index (no weight_map of file names); download it again")
+        for name in sorted(set(weight_map.values())):
+            # A name, not a path: the index may only point at files inside the checkpoint folder
+            # (links placed there, as in the HF cache, are the folder owner's choice and are followed).
+            inside = os.path.normpath(name)
+            if os.path.isabs(name) or "\0" in name or inside == ".." or inside.startswith(".." + os.sep):
+                raise CheckpointError(
+                    f"{index} points at {name!r}, outside the checkpoint folder {model_dir}; refusing to read it: "
+                    "download the index again"
+                )
         files = sorted({model_dir / f for f in weight_map.values()})
         missing = [f.name for f in files if not f.exists()]
         if missing:
@@ -276,14 +328,28 @@ def _hf_files(model_dir: Path) -> list:
     return sorted(model_dir.glob("*.safetensors"))
 
 
+def _open_safetensors(path: Path) -> Any:
+    """``safe_open`` of one file; a truncated or damaged file is one line naming it."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # noqa: BLE001 - SafetensorError is a bare Exception; OSError for unreadable files
+        raise CheckpointError(
+            f"{path} could not be read ({_first_line(e)}); the file is truncated or damaged: download or convert it again"
+        ) from None
+
+
 def read_hf_config(model_dir: Path) -> ModelArgs:
     cfg_path = Path(model_dir) / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{cfg_path} not found: an HF-layout directory needs config.json")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = _read_json(cfg_path, "download it again")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path} holds a JSON {type(cfg).__name__}, not an object; download it again")
     if cfg.get("model_type", "llama") not in ("llama", "mistral"):
         raise CheckpointError(f"{cfg_path}: model_type {cfg.get('model_type')!r} is not a LLaMA-family model")
-    return _args_from_hf_config(cfg)
+    return _args_from_hf_config(cfg, cfg_path)
 
 
 def read_hf(
@@ -294,8 +360,6 @@ def read_hf(
     q/k rows are permuted from HF's rotate-half order within each head; shards hold whole heads,
     so permuting the slice with the shard's head count equals slicing the permuted matrix.
     """
-    from safetensors import safe_open
-
     model_dir = Path(model_dir)
     args = read_hf_config(model_dir)
     check_parallel(args, mp_size, model_dir)
@@ -304,7 +368,7 @@ def read_hf(
         raise CheckpointError(f"{model_dir} has config.json but no *.safetensors files")
     where: Dict[str, Tuple[Path, str]] = {}  # Meta name -> (file, HF name)
     for f in files:
-        with safe_open(str(f), framework="pt") as sf:
+        with _open_safetensors(f) as sf:
             for name in sf.keys():
                 meta = convert_name(name, "hf", "meta")
                 if meta is not None:
@@ -317,7 +381,7 @@ def read_hf(
         if meta == "output.weight" and args.tie_word_embeddings and mp_size == 1:
             state[meta] = state["tok_embeddings.weight"]  # one tensor, as in the tied model
             continue
-        with safe_open(str(f), framework="pt") as sf:
+        with _open_safetensors(f) as sf:
             part = sf.get_slice(name)
             shape = part.get_shape()
             if len(shape) == 1:  # norms: replicated, small
@@ -330,7 +394,7 @@ def read_hf(
         def read(start: int, stop: int, f: Path = f, name: str = name, cols: slice = cols) -> Tensor:
             # One open per chunk: safetensors maps the whole file and unmaps it on close, so the
             # pages just read leave the process's memory before the next chunk.
-            with safe_open(str(f), framework="pt") as sf:
+            with _open_safetensors(f) as sf:
                 return sf.get_slice(name)[start:stop, cols]
 
         t = _fill_rows(read, rows.start, rows.stop, shape[1] if dim != 1 else rng.stop - rng.start, dtype)
@@ -415,20 +479,24 @@ def read_gguf(
     Every type ``gguf.quants.dequantize`` knows loads (F32/F16/BF16, Q4_0...Q8_0, the K-quants
     Q2_K...Q6_K, IQ*, TQ*, MXFP4); the whole model is never held in float32.
     """
-    import gguf
-
     path = Path(path)
-    reader = gguf.GGUFReader(str(path))
+    reader = open_gguf(path, CheckpointError)
     arch = gguf_field(reader, "general.architecture")
     if arch != "llama":
         raise CheckpointError(f"{path}: architecture {arch!r} is not llama")
-    tokens = gguf_field(reader, "tokenizer.ggml.tokens") or []
-    get = lambda k, d=None: gguf_field(reader, f"llama.{k}", d)  # noqa: E731
+    tokens = gguf_field(reader, "tokenizer.ggml.tokens")
+    n_tokens = len(tokens) if isinstance(tokens, list) else -1  # -1: the embedding's rows (load_model)
+
+    def get(key: str, kind: type = int, default: Any = _REQUIRED) -> Any:
+        return _setting(gguf_field(reader, f"llama.{key}", default), f"metadata key llama.{key}", path, kind)
+
+    n_heads = get("attention.head_count")
+    vocab_size = get("vocab_size") if "llama.vocab_size" in reader.fields else n_tokens
     args = ModelArgs(
-        dim=get("embedding_length"), n_layers=get("block_count"), n_heads=get("attention.head_count"),
-        n_kv_heads=get("attention.head_count_kv"), vocab_size=get("vocab_size", len(tokens)),
-        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(get("rope.freq_base", 10000.0)),
+        dim=get("embedding_length"), n_layers=get("block_count"), n_heads=n_heads,
+        n_kv_heads=get("attention.head_count_kv", default=n_heads), vocab_size=vocab_size,
+        norm_eps=get("attention.layer_norm_rms_epsilon", float, 1e-5),
+        rope_theta=get("rope.freq_base", float, 10000.0),
     )
     _set_ffn(args, get("feed_forward_length"))
     check_parallel(args, mp_size, path)
@@ -438,6 +506,9 @@ def read_gguf(
             raise CheckpointError(f"{path}: Llama-3.1 rope frequency tables in GGUF are not supported; convert from the HF or Meta checkpoint")
         meta = convert_name(t.name, "gguf", "meta")
         if meta is not None:
+            if len(t.shape) > 2:
+                raise CheckpointError(f"{path}: tensor {t.name} has {len(t.shape)} dimensions, not 1 or 2; "
+                                      "the file is damaged: download or convert it again")
             tensors[meta] = t
     if "output.weight" not in tensors and "tok_embeddings.weight" in tensors:
         tensors["output.weight"] = tensors["tok_embeddings.weight"]

@@ -14,6 +14,7 @@ the caller decides, and ``add_bos`` tells it what the model was trained with.
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from pathlib import Path
@@ -125,10 +126,9 @@ class HFTokenizer(Tokenizer):
     @classmethod
     def from_gguf(cls, gguf_path: str | Path) -> "HFTokenizer":
         """Build directly from a GGUF file's vocabulary, without writing files."""
-        import gguf
         from tokenizers import Tokenizer as _HFTok
 
-        text, config = tokenizer_json_from_gguf(gguf.GGUFReader(str(gguf_path)))
+        text, config = tokenizer_json_from_gguf(open_gguf(gguf_path, TokenizerError))
         self = cls.__new__(cls)
         self.path = str(gguf_path)
         self._init(_HFTok.from_str(text), None, config)
@@ -214,7 +214,14 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                 raise TokenizerError(f"{p} is a Mistral tekken tokenizer, which is not supported; {_USAGE}") from None
             raise TokenizerError(f"{p}: not a Hugging Face tokenizer.json ({_first_line(e)}); {_USAGE}") from None
     if suffix == ".gguf":
-        return HFTokenizer.from_gguf(p)
+        try:
+            return HFTokenizer.from_gguf(p)
+        except TokenizerError:
+            raise
+        except NotImplementedError as e:  # a vocabulary kind this module cannot rebuild
+            raise TokenizerError(f"{p}: {_first_line(e)}; {_USAGE}") from None
+        except Exception as e:  # noqa: BLE001 - missing or mistyped vocabulary keys fail anywhere in the rebuild
+            raise TokenizerError(f"{p}: the GGUF vocabulary cannot be read ({_first_line(e)}); {_USAGE}") from None
     raise TokenizerError(f"Unknown tokenizer file type {p.name!r} ({p}); {_USAGE}")
 
 
@@ -264,6 +271,130 @@ def gguf_field(reader: Any, name: str, default: Any = None) -> Any:
     return default if field is None else field.contents()
 
 
+# GGUF metadata value types (gguf.GGUFValueType) of a fixed size -> their bytes; 8 is a string, 9 an array.
+_GGUF_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY, _GGUF_UINT32 = 8, 9, 4
+_GGUF_MAX_DIMS, _GGUF_MAX_NESTING = 4, 8
+
+
+class _BadGGUF(Exception):
+    """What is wrong with a GGUF file's layout (the message completes "<file>: ...")."""
+
+
+def _gguf_layout_problem(path: Path) -> Optional[str]:
+    """Why the GGUF file at ``path`` cannot be read safely, or None: magic, version, counts, every
+    metadata value and tensor description inside the file, every tensor's bytes inside the file.
+
+    Checked before ``gguf.GGUFReader`` sees the file: the reader raises assorted exceptions on
+    damaged headers and loops for a very long time on an array whose length is absurd.
+    """
+    import mmap
+    import struct
+
+    import gguf
+
+    size = path.stat().st_size
+    if size < 24:
+        return f"{size} bytes, too short for a GGUF header"
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if m[:4] != b"GGUF":
+            return "it does not start with the GGUF magic bytes"
+        order = "<" if struct.unpack_from("<I", m, 4)[0] & 0xFFFF else ">"  # as the reader tells byte order
+
+        def read(fmt: str, at: int) -> tuple:
+            end = at + struct.calcsize(order + fmt)
+            if end > size:
+                raise _BadGGUF(f"its header is cut short at byte {size} (the file is truncated)")
+            return struct.unpack_from(order + fmt, m, at), end
+
+        def skip_string(at: int) -> tuple:
+            (n,), at = read("Q", at)
+            if n > size - at:
+                raise _BadGGUF(f"a string of {n} bytes at byte {at} runs past the end of the file ({size} bytes)")
+            return bytes(m[at: at + n]).decode("utf-8", "replace"), at + n
+
+        def skip_value(kind: int, at: int, key: str, depth: int = 0) -> int:
+            if kind in _GGUF_SCALAR_BYTES:
+                return read(f"{_GGUF_SCALAR_BYTES[kind]}x", at)[1]
+            if kind == _GGUF_STRING:
+                return skip_string(at)[1]
+            if kind != _GGUF_ARRAY or depth >= _GGUF_MAX_NESTING:
+                raise _BadGGUF(f"metadata key {key!r} has unknown value type {kind}")
+            (item, count), at = read("IQ", at)
+            least = _GGUF_SCALAR_BYTES.get(item, 8)  # a string or an array takes 8 bytes or more
+            if count > (size - at) // least:
+                raise _BadGGUF(f"metadata key {key!r} announces {count} values, more than the file can hold")
+            if item in _GGUF_SCALAR_BYTES:
+                return at + count * least
+            if item == _GGUF_STRING:  # vocabularies: tens of thousands of strings, in a tight loop
+                length = struct.Struct(order + "Q").unpack_from
+                for _ in range(count):
+                    at += 8 + (length(m, at)[0] if at + 8 <= size else size)
+                    if at > size:
+                        raise _BadGGUF(f"metadata key {key!r} runs past the end of the file ({size} bytes)")
+                return at
+            for _ in range(count):
+                at = skip_value(item, at, key, depth + 1)
+            return at
+
+        (version, n_tensors, n_kv), at = read("IQQ", 4)
+        if version not in (2, 3):
+            return f"GGUF version {version} is not supported (2 or 3)"
+        if n_kv * 13 + n_tensors * 25 > size - at:  # the smallest key and tensor description
+            return (f"its header announces {n_tensors} tensors and {n_kv} metadata keys, more than {size} bytes "
+                    "can hold (the file is truncated or damaged)")
+        alignment = 32
+        for _ in range(n_kv):
+            key, at = skip_string(at)
+            (kind,), at = read("I", at)
+            if key == "general.alignment" and kind == _GGUF_UINT32:
+                alignment = read("I", at)[0][0]
+            at = skip_value(kind, at, key)
+        tensors = []
+        for _ in range(n_tensors):
+            name, at = skip_string(at)
+            (n_dims,), at = read("I", at)
+            if not 1 <= n_dims <= _GGUF_MAX_DIMS:
+                return f"tensor {name!r} has {n_dims} dimensions (1 to {_GGUF_MAX_DIMS})"
+            dims, at = read(f"{n_dims}Q", at)
+            (kind, offset), at = read("IQ", at)
+            tensors.append((name, dims, kind, offset))
+        if alignment < 1 or alignment & (alignment - 1):
+            return f"general.alignment {alignment} is not a power of two"
+        start = -(-at // alignment) * alignment
+        for name, dims, kind, offset in tensors:
+            try:
+                block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+            except (ValueError, KeyError):
+                return f"tensor {name!r} has unknown type {kind}"
+            if min(dims) < 1 or dims[0] % block:
+                return f"tensor {name!r} has dimensions {list(dims)}, not whole blocks of {block} values of its type"
+            end = start + offset + math.prod(dims) // block * type_size
+            if end > size:
+                return (f"tensor {name!r} ({list(dims)} at offset {offset}) ends at byte {end}, past the end of the "
+                        f"file ({size} bytes): the file is truncated or damaged")
+    return None
+
+
+def open_gguf(path: str | Path, error: type = ValueError) -> Any:
+    """``gguf.GGUFReader`` of ``path`` after :func:`_gguf_layout_problem`'s checks; a damaged file
+    raises ``error`` with one line naming the file, the cause and the fix."""
+    import gguf
+
+    p = Path(path)
+    try:
+        problem = _gguf_layout_problem(p)
+        if problem is None:
+            return gguf.GGUFReader(str(p))
+    except _BadGGUF as e:
+        problem = str(e)
+    except OSError as e:
+        problem = f"cannot be read ({e.strerror or e})"
+    except Exception as e:  # noqa: BLE001 - the reader raises ValueError, KeyError, IndexError... on bad files
+        problem = f"{type(e).__name__}: {_first_line(e)}"
+    raise error(f"{p}: not a usable GGUF file: {problem}; download or convert it again")
+
+
 def tokenizer_json_from_gguf(reader: Any) -> tuple[str, dict]:
     """A HF ``tokenizer.json`` text rebuilt from a GGUF vocabulary, plus its special-token settings.
 
@@ -275,6 +406,8 @@ def tokenizer_json_from_gguf(reader: Any) -> tuple[str, dict]:
     from tokenizers import Tokenizer as _HFTok
 
     kind = gguf_field(reader, "tokenizer.ggml.model")
+    if kind is None:
+        raise NotImplementedError("the GGUF file holds no tokenizer vocabulary (no tokenizer.ggml.model key)")
     if kind == "llama":
         raise NotImplementedError("GGUF holds a SentencePiece vocabulary (tokenizer.ggml.model='llama'); "
                                   "use the original tokenizer.model with SentencePieceTokenizer instead")
@@ -334,11 +467,9 @@ def tokenizer_json_from_gguf(reader: Any) -> tuple[str, dict]:
 def write_tokenizer_from_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     """Write ``tokenizer.json`` and ``tokenizer_config.json`` for a GGUF model into ``out_dir``;
     returns the ``tokenizer.json`` path, ready for ``load_tokenizer``."""
-    import gguf
-
     if not Path(gguf_path).is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
-    text, config = tokenizer_json_from_gguf(gguf.GGUFReader(str(gguf_path)))
+    text, config = tokenizer_json_from_gguf(open_gguf(gguf_path, TokenizerError))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_text(text, encoding="utf-8")

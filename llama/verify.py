@@ -108,7 +108,7 @@ def check_params_match_config(ckpt_dir: str | Path) -> None:
         return
     try:
         params, config = json.loads(params_path.read_text()), json.loads(config_path.read_text())
-    except (ValueError, OSError):
+    except (ValueError, RecursionError, OSError):
         return  # the reader reports unreadable files
     if not isinstance(params, dict) or not isinstance(config, dict):
         return
@@ -132,18 +132,17 @@ def trained_context(path: str | Path) -> Tuple[Optional[int], str]:
     if p.is_dir() and config.is_file():
         try:
             value = json.loads(config.read_text()).get("max_position_embeddings")
-        except (ValueError, OSError, AttributeError):
-            value = None
+        except (ValueError, RecursionError, OSError, AttributeError):
+            value = None  # the loader reports a config.json it cannot read
         return (int(value), str(config)) if isinstance(value, int) else (None, "")
     gguf_files = [p] if p.suffix == ".gguf" else sorted(p.glob("*.gguf")) if p.is_dir() else []
     if gguf_files and gguf_files[0].is_file():
-        import gguf
+        from llama.tokenizer import gguf_field, open_gguf
 
-        from llama.tokenizer import gguf_field
-
-        reader = gguf.GGUFReader(str(gguf_files[0]))
+        reader = open_gguf(gguf_files[0], VerifyError)  # a damaged file: one line, before any loading
         value = gguf_field(reader, f"{gguf_field(reader, 'general.architecture', 'llama')}.context_length")
-        return (int(value), str(gguf_files[0])) if value is not None else (None, "")
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return (value, str(gguf_files[0])) if ok else (None, "")
     return None, ""
 
 

@@ -165,3 +165,88 @@ def test_anchor_calibration_bad_input_is_one_line(tmp_path):
                  lm=FakeLM())
     with pytest.raises(ClassificationError, match="--save_hidden applies to the direct method"):
         evaluate("channel", inputs, str(tmp_path / "x.json"), lm=FakeLM(), save_hidden=True)
+
+
+def calibrated_run(tmp_path):
+    """Inputs with anchors, a direct run with --save_hidden, and one hidden calibration (anchors scored)."""
+    records, anchors, inputs = write_inputs(tmp_path)
+    direct = str(tmp_path / "out.json")
+    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
+    evaluate("calibrate", inputs, str(tmp_path / "cal.json"), direct_output_path=direct, calibration="hidden",
+             lm=FakeLM())
+    return records, anchors, inputs, direct
+
+
+def calibrate_error(tmp_path, inputs, direct, calibration="hidden"):
+    with pytest.raises(ClassificationError) as e:
+        evaluate("calibrate", inputs, str(tmp_path / "c2.json"), direct_output_path=direct, calibration=calibration,
+                 lm=FakeLM())
+    message = str(e.value)
+    assert "\n" not in message and "dtype" not in message  # the cause is in a file, not the precision
+    return message
+
+
+@pytest.mark.parametrize("calibration", ["hidden", "lda", "knn"])
+@pytest.mark.parametrize("which", ["out.hidden.npy", "out.anchors.hidden.npy"])
+def test_nan_in_a_hidden_file_is_named(tmp_path, calibration, which):
+    _, _, inputs, direct = calibrated_run(tmp_path)
+    path = tmp_path / which
+    states = np.load(path)
+    states[2, 1] = np.nan
+    np.save(path, states)
+    message = calibrate_error(tmp_path, inputs, direct, calibration)
+    assert str(path) in message and "row 2" in message and "NaN" in message
+
+
+@pytest.mark.parametrize("calibration", ["hidden", "lda"])
+def test_class_without_anchors_is_named(tmp_path, calibration):
+    records, anchors, inputs = write_inputs(tmp_path)
+    direct = str(tmp_path / "out.json")
+    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
+    (tmp_path / "in.anchors.json").write_text(json.dumps([a for a in anchors if a["ground_truth"] != "Sports"]))
+    message = calibrate_error(tmp_path, inputs, direct, calibration)
+    assert "in.anchors.json" in message and "no anchor of class 'Sports'" in message
+
+
+def test_anchors_with_an_extra_label_are_refused(tmp_path):
+    records, anchors, inputs = write_inputs(tmp_path)
+    direct = str(tmp_path / "out.json")
+    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
+    extra = [dict(a, label_words=a["label_words"] + ["Weather"]) for a in anchors]
+    extra[0]["ground_truth"] = "Weather"
+    (tmp_path / "in.anchors.json").write_text(json.dumps(extra))
+    message = calibrate_error(tmp_path, inputs, direct)
+    assert "in.anchors.json" in message and "'Weather'" in message and "label words" in message
+
+
+def test_anchor_hidden_file_of_another_dimension_is_refused(tmp_path):
+    _, anchors, inputs, direct = calibrated_run(tmp_path)
+    np.save(tmp_path / "out.anchors.hidden.npy", np.zeros((len(anchors), 7), dtype=np.float16))
+    message = calibrate_error(tmp_path, inputs, direct)
+    assert "out.anchors.hidden.npy holds 7-dimensional" in message and "out.hidden.npy 5-dimensional" in message
+
+
+@pytest.mark.parametrize("target", ["in.anchors.json", "out.anchors.json", "out.hidden.npy"])
+def test_calibration_never_writes_over_the_anchors(tmp_path, target):
+    """--output_path (or the metrics, partial or hidden file beside it) on a file the calibration reads."""
+    _, _, inputs, direct = calibrated_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    output = tmp_path / target
+    with pytest.raises(ClassificationError) as e:
+        evaluate("calibrate", inputs, str(output), direct_output_path=direct, calibration="hidden", lm=FakeLM())
+    assert f"--output_path {output} would overwrite an input file" in str(e.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_an_output_beside_the_output_never_overwrites_an_input(tmp_path):
+    records, _, inputs = write_inputs(tmp_path)
+    metrics_named = tmp_path / "x.metrics.json"  # the inputs under the name of x.json's metrics file
+    metrics_named.write_text((tmp_path / "in.json").read_text())
+    with pytest.raises(ClassificationError) as e:
+        evaluate("direct", str(metrics_named), str(tmp_path / "x.json"), lm=FakeLM())
+    assert f"the metrics of --output_path {metrics_named} would overwrite an input file (--data_path" in str(e.value)
+    tok = tmp_path / "tok.hidden.npy"
+    tok.write_bytes(b"tokenizer")
+    with pytest.raises(ClassificationError) as e:
+        evaluate("direct", inputs, str(tmp_path / "tok.json"), lm=FakeLM(), tokenizer_path=str(tok), save_hidden=True)
+    assert "(--tokenizer_path" in str(e.value) and tok.read_bytes() == b"tokenizer"

@@ -201,3 +201,15 @@ def test_calibrate_script_without_the_files_it_needs(direct_run, tmp_path):
                "--output_path", str(tmp_path / "o.json"))
     assert p.returncode == 0, p.stderr
     assert "Accuracy: " in p.stdout and read(str(tmp_path / "o.metrics.json"))["calibration"] == "batch"
+
+
+def test_non_finite_calibrated_log_prob_does_not_blame_the_dtype(direct_run, tmp_path, monkeypatch):
+    """The calibration's inputs were checked finite when read: its NaN is its own, not the model's precision."""
+    from classification import calibrations
+
+    data, direct_out, _ = direct_run
+    monkeypatch.setattr(calibrations.Batch, "apply", lambda self, pos, record, lp: {"log_probs": [float("nan")] * 4})
+    with pytest.raises(ClassificationError) as e:
+        runner.evaluate("calibrate", data, str(tmp_path / "c.json"), direct_output_path=direct_out,
+                        calibration="batch")
+    assert "from calibration batch" in str(e.value) and "dtype" not in str(e.value)

@@ -117,23 +117,28 @@ def test_shard_count_must_divide_world_size(tmp_path, monkeypatch):
     assert "multiple of 2" in one_line(e) and "checkpoints/llama/13B" in str(e.value)
 
 
-def test_script_reports_bad_checkpoint_in_one_line(tmp_path, root, default_model_dir):
-    """A damaged checkpoint reaches the user as `error: ...` and exit status 2, not a traceback."""
+def run_direct_script(tmp_path, root, ckpt, tokenizer):
+    """(exit status, stderr lines) of run_evaluate_direct_llama.py on one record with ``ckpt``."""
     import subprocess
     import sys
 
-    ckpt = tiny_meta(tmp_path / "ckpt")
-    pth = ckpt / "consolidated.00.pth"
-    pth.write_bytes(pth.read_bytes()[:100])
     data = tmp_path / "in.json"
     data.write_text(json.dumps([{"prompt": "Article: {text}\nCategory:", "completion": "{label_word}",
                                  "text": "x", "label_words": ["A", "B"], "ground_truth": "A", "index": 0}]))
     res = subprocess.run([sys.executable, "run_evaluate_direct_llama.py", "--data_path", str(data),
                           "--output_path", str(tmp_path / "out.json"), "--ckpt_dir", str(ckpt),
-                          "--tokenizer_path", str(default_model_dir / "tokenizer.json")],
+                          "--tokenizer_path", str(tokenizer)],
                          cwd=root, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2, res.stderr[-2000:]
-    lines = res.stderr.strip().splitlines()
+    return res.returncode, res.stderr.strip().splitlines()
+
+
+def test_script_reports_bad_checkpoint_in_one_line(tmp_path, root, default_model_dir):
+    """A damaged checkpoint reaches the user as `error: ...` and exit status 2, not a traceback."""
+    ckpt = tiny_meta(tmp_path / "ckpt")
+    pth = ckpt / "consolidated.00.pth"
+    pth.write_bytes(pth.read_bytes()[:100])
+    code, lines = run_direct_script(tmp_path, root, ckpt, default_model_dir / "tokenizer.json")
+    assert code == 2, lines[-20:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "consolidated.00.pth" in lines[0]
 
 
@@ -358,3 +363,186 @@ def test_gguf_tied_model_sliced_in_compute_dtype(tmp_path, small_chunks, qtype):
         _, part = read_gguf(path, rank, 2, torch.float16)
         for name, t in split_state(expected, rank, 2).items():
             assert torch.equal(part[name], t.half()), (name, rank)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files: one line naming the file and the cause, whatever the damage
+
+
+TINY = ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=64, multiple_of=16)
+
+
+def tiny_gguf(path):
+    """A valid one-layer llama GGUF of F32 tensors (no tokenizer)."""
+    return write_gguf(TINY, quantize_state(random_state(TINY), "F32"), path)
+
+
+def gguf_layout(path):
+    """Byte offsets in a valid GGUF: its header counts, and per tensor where its dims and data offset are."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    tensors = {}
+    for t in reader.tensors:
+        dims_at = t.field.offset + 8 + len(t.name.encode()) + 4  # name length, name, n_dims
+        tensors[t.name] = {"dims": dims_at, "offset": dims_at + 8 * len(t.shape) + 4}
+    return tensors
+
+
+def patched(path, at, fmt, value, out):
+    import struct
+
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<" + fmt, data, at, value)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def gguf_damages(tmp_path):
+    good = tiny_gguf(tmp_path / "good.gguf")
+    size = good.stat().st_size
+    emb = gguf_layout(good)["token_embd.weight"]
+    return {
+        "magic": (patched(good, 0, "4s", b"GGUX", tmp_path / "magic.gguf"), "magic"),
+        "version": (patched(good, 4, "I", 77, tmp_path / "version.gguf"), "version 77"),
+        "tensor count": (patched(good, 8, "Q", 1 << 60, tmp_path / "tensors.gguf"), "announces"),
+        "kv count": (patched(good, 16, "Q", 1 << 60, tmp_path / "kvs.gguf"), "announces"),
+        "dimension": (patched(good, emb["dims"], "Q", 1 << 40, tmp_path / "dims.gguf"), "past the end"),
+        "offset": (patched(good, emb["offset"], "Q", 1 << 50, tmp_path / "offset.gguf"), "past the end"),
+        "body cut": (tmp_path / "body.gguf", "truncated"),
+        "header cut": (tmp_path / "head.gguf", "truncated"),
+    }, good.read_bytes(), size
+
+
+@pytest.fixture
+def damaged_ggufs(tmp_path):
+    damages, data, size = gguf_damages(tmp_path)
+    (tmp_path / "body.gguf").write_bytes(data[: size - 100])
+    (tmp_path / "head.gguf").write_bytes(data[:40])
+    return damages
+
+
+@pytest.mark.parametrize("damage", ["magic", "version", "tensor count", "kv count", "dimension", "offset",
+                                    "body cut", "header cut"])
+def test_damaged_gguf_is_one_line(damaged_ggufs, damage):
+    from llama.verify import VerifyError, trained_context
+
+    path, cause = damaged_ggufs[damage]
+    with pytest.raises(CheckpointError) as e:
+        load_model(str(path))
+    assert str(path) in one_line(e) and cause in str(e.value) and "download or convert it again" in str(e.value)
+    with pytest.raises(VerifyError) as e:  # read before the model loads, for the context-length warning
+        trained_context(path)
+    assert str(path) in one_line(e) and cause in str(e.value)
+
+
+def test_gguf_array_of_absurd_length_is_refused_not_read(tmp_path, monkeypatch):
+    """The reader would loop over 2**60 values of an array whose announced length is absurd."""
+    import struct
+
+    import gguf
+
+    real = gguf.GGUFWriter.add_uint32
+
+    def add_uint32(self, key, value):
+        real(self, key, value)
+        if key == "llama.block_count":
+            self.add_array("llama.extra", [7, 8, 9])
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_uint32", add_uint32)
+    good = tiny_gguf(tmp_path / "good.gguf")
+    at = gguf.GGUFReader(str(good)).fields["llama.extra"].offset + 8 + len("llama.extra") + 4 + 4  # -> length
+    assert struct.unpack_from("<Q", good.read_bytes(), at)[0] == 3
+    bad = patched(good, at, "Q", 1 << 60, tmp_path / "bad.gguf")
+    with pytest.raises(CheckpointError) as e:
+        read_gguf(bad)
+    assert "bad.gguf" in one_line(e) and "'llama.extra' announces 1152921504606846976 values" in str(e.value)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("llama.embedding_length", None, "metadata key llama.embedding_length is missing"),
+    ("llama.block_count", "1", "metadata key llama.block_count is '1' (str), expected a positive integer"),
+    ("llama.feed_forward_length", None, "metadata key llama.feed_forward_length is missing"),
+])
+def test_gguf_missing_or_string_typed_keys(tmp_path, monkeypatch, key, value, message):
+    import gguf
+
+    real = gguf.GGUFWriter.add_uint32
+
+    def add_uint32(self, k, v):
+        if k != key:
+            real(self, k, v)
+        elif value is not None:
+            self.add_string(k, value)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_uint32", add_uint32)
+    path = tiny_gguf(tmp_path / "m.gguf")
+    with pytest.raises(CheckpointError) as e:
+        read_gguf(path)
+    assert one_line(e).startswith(str(path)) and message in str(e.value)
+
+
+def test_gguf_script_error_is_one_line(tmp_path, root, default_model_dir, damaged_ggufs):
+    """Through a script: the header is read (context length) before loading; still one line, exit 2."""
+    path, _ = damaged_ggufs["kv count"]
+    code, lines = run_direct_script(tmp_path, root, path, default_model_dir / "tokenizer.json")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {path}: "), lines[-20:]
+
+
+def test_truncated_safetensors(tmp_path):
+    hf = tmp_path / "hf"
+    write_hf(TINY, random_state(TINY), hf)
+    st = hf / "model.safetensors"
+    st.write_bytes(st.read_bytes()[:-64])
+    with pytest.raises(CheckpointError) as e:
+        load_model(str(hf))
+    assert str(st) in one_line(e) and "truncated" in str(e.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("hidden_size"), "hidden_size is missing"),
+    (lambda c: c.update(num_hidden_layers="1"), "num_hidden_layers is '1' (str), expected a positive integer"),
+    (lambda c: c.update(rms_norm_eps="1e-5"), "rms_norm_eps is '1e-5' (str), expected a number"),
+    (lambda c: c.update(intermediate_size=None), "intermediate_size is missing"),
+    (lambda c: c.update(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "low_freq_factor is missing"),
+])
+def test_config_json_missing_key_or_string_for_a_number(tmp_path, change, message):
+    hf = tmp_path / "hf"
+    write_hf(TINY, random_state(TINY), hf)
+    config = json.loads((hf / "config.json").read_text())
+    change(config)
+    (hf / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as e:
+        load_model(str(hf))
+    assert one_line(e).startswith(str(hf / "config.json")) and message in str(e.value)
+
+
+@pytest.mark.parametrize("text, cause", [
+    ('{"hidden_size": 32,', "Expecting"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"hidden_size": ' + "9" * 5000 + "}", "digits"),
+])
+def test_config_json_that_does_not_parse(tmp_path, text, cause):
+    hf = tmp_path / "hf"
+    write_hf(TINY, random_state(TINY), hf)
+    (hf / "config.json").write_text(text)
+    with pytest.raises(CheckpointError) as e:
+        load_model(str(hf))
+    assert one_line(e).startswith(f"{hf / 'config.json'} is not valid JSON") and cause in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["../outside.safetensors", "sub/../../outside.safetensors", "/etc/passwd"])
+def test_index_pointing_outside_the_checkpoint_is_refused_unopened(tmp_path, monkeypatch, name):
+    hf = write_hf_two_files(TINY, random_state(TINY), tmp_path / "hf")
+    (tmp_path / "outside.safetensors").write_bytes((hf / "model-00001-of-00002.safetensors").read_bytes())
+    index = hf / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = sorted(data["weight_map"])[0]
+    data["weight_map"][first] = name
+    index.write_text(json.dumps(data))
+    opened = []
+    monkeypatch.setattr(llama.checkpoint, "_open_safetensors", lambda path: opened.append(path))
+    with pytest.raises(CheckpointError) as e:
+        read_hf(hf)
+    assert str(index) in one_line(e) and repr(name) in str(e.value) and "outside the checkpoint folder" in str(e.value)
+    assert opened == []

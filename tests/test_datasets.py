@@ -89,7 +89,8 @@ def test_every_preset_preprocesses_from_the_local_copy(tmp_path, preset):
         assert len(recs) == 2 * n and Counter(r["ground_truth"] for r in recs) == {w: 2 for w in words}
         r = recs[0]
         assert r["label_words"] == words and r["meta"] == {"dataset": preset, "method": method, "k": 1, "seed": 3,
-                                                          "sample_seed": 3}
+                                                          "sample_seed": 3,
+                                                          "template": PRESETS[preset].templates[method]}
         assert r["prompt"].startswith(PRESETS[preset].instruction)
         tail, completion = parse_template(PRESETS[preset].templates[method], method)[1:]
         assert r["prompt"].endswith(tail) and r["completion"] == completion
@@ -335,3 +336,46 @@ def test_parquet_without_datasets_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "train.parquet").write_bytes(b"PAR1")
     with pytest.raises(ClassificationError, match="parquet needs the `datasets` package"):
         load_dataset(train=str(tmp_path / "train.parquet"), test=str(tmp_path / "train.parquet"), label_words=["a", "b"])
+
+
+@pytest.mark.parametrize("name, content, cause", [
+    ("a.json", "[" * 100_000 + "]" * 100_000, "JSON nested too deeply to read"),
+    ("a.jsonl", '{"text": "x", "label": ' + "1" * 5000 + "}\n", "unreadable JSON (Exceeds the limit (4300 digits)"),
+])
+def test_deep_or_huge_number_json_rows_are_one_line(tmp_path, name, content, cause):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ClassificationError) as e:
+        load_dataset(train=str(tmp_path / name), test=str(tmp_path / name), label_words=["bad", "good"])
+    assert str(e.value).startswith(f"{tmp_path / name}: {cause}") and "\n" not in str(e.value)
+
+
+def test_preprocess_never_writes_over_its_own_input_files(tmp_path):
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_csv(data / "train.csv", own_rows(8))
+    write_csv(data / "test.csv", own_rows(4))
+    (data / "labels.txt").write_text("bad\ngood\n")
+    (data / "pool.anchors.json").write_text(json.dumps([{"label": label, "text": text} for label, text in own_rows(8)]))
+    os.link(data / "test.csv", tmp_path / "alias.csv")  # the test file under another name
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    cases = [
+        (dict(train=str(data / "train.csv"), test=str(data / "test.csv"), data_path=str(data / "train.csv")),
+         "train.csv"),
+        (dict(train=str(data / "train.csv"), test=str(data / "test.csv"), data_path=str(data / ".." / "data" / "test.csv")),
+         "test.csv"),
+        (dict(train=str(data / "train.csv"), test=str(data / "test.csv"), data_path=str(tmp_path / "alias.csv")),
+         "test.csv"),
+        (dict(data_dir=str(data), data_path=str(data / "labels.txt")), "labels.txt"),
+        # the anchors file written beside the records
+        (dict(train=str(data / "pool.anchors.json"), test=str(data / "test.csv"), data_path=str(data / "pool.json"),
+              n_anchor=1), "pool.anchors.json"),
+    ]
+    for kwargs, victim in cases:
+        with pytest.raises(ClassificationError) as e:
+            preprocess_dataset(method="direct", k=1, n_sample=2, **kwargs)
+        message = str(e.value)
+        assert "would overwrite an input file (the dataset file" in message and victim in message, message
+        assert "\n" not in message
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before

@@ -91,19 +91,38 @@ def test_content_free_probs_average_over_texts():
 
 
 @pytest.mark.parametrize(
-    "generation, expected",
+    "generation, expected, ignoring_case",
     [
-        (" Sports", "Sports"),
-        ("sports news", "Sports"),
-        ("  SCIENCE AND TECHNOLOGY!", "Science and technology"),
-        ("Science", "none"),
-        ("Worldwide", "none"),
-        ("The world", "none"),
-        ("", "none"),
+        (" Sports", "Sports", "Sports"),
+        ("sports news", "none", "Sports"),  # exact case by default
+        ("  SCIENCE AND TECHNOLOGY!", "none", "Science and technology"),
+        ("Science and technology!", "Science and technology", "Science and technology"),
+        ("Science", "none", "none"),
+        ("Worldwide", "none", "none"),
+        ("The world", "none", "none"),
+        ("", "none", "none"),
     ],
 )
-def test_parse_generation(generation, expected):
+def test_parse_generation(generation, expected, ignoring_case):
     assert methods.parse_generation(generation, WORDS) == expected
+    assert methods.parse_generation(generation, WORDS, ignore_case=True) == ignoring_case
+
+
+def test_generate_matches_label_words_with_their_case():
+    """With label words us and US, a generated "US" is US, never us; matching that cannot tell
+    two label words apart is refused in one line."""
+    words = ["us", "US", "them"]
+    assert methods.parse_generation("US", words) == "US" and methods.parse_generation(" us.", words) == "us"
+    assert methods.parse_generation("Us", words) == "none"
+    rec = {"prompt": "Q: {text}\nA:", "completion": "{label_word}", "text": "who", "label_words": words,
+           "ground_truth": "US", "index": 0}
+    (r,) = methods.generate(FakeLM(generator=lambda c: " US"), [rec])
+    assert r["prediction"] == "US"
+    with pytest.raises(ClassificationError) as e:
+        methods.generate(FakeLM(generator=lambda c: " US"), [rec], ignore_case=True)
+    assert str(e.value).startswith("label words 'us' and 'US' are the same under case-insensitive matching")
+    with pytest.raises(ClassificationError, match="'us' and ' us' are the same under matching"):
+        methods.check_label_matching(["us", " us"])
 
 
 def test_parse_generation_prefers_longest_match():
@@ -172,7 +191,8 @@ def test_generation_label_needs_a_word_boundary():
     words = ["World", "Sports", "Science and technology"]
     assert methods.parse_generation(" Worldwide markets", words) == "none"
     assert methods.parse_generation(" Sportsmanship", words) == "none"
-    assert methods.parse_generation(" world.", words) == "World"
+    assert methods.parse_generation(" World.", words) == "World"
+    assert methods.parse_generation(" world.", words) == "none"
     assert methods.parse_generation(" World news", words) == "World"
     assert methods.parse_generation("Science and technology", words) == "Science and technology"
 

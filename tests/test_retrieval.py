@@ -162,3 +162,76 @@ def test_bad_retrieval_input_is_one_line(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [f"error: --embedder {tmp_path / 'no-model'} does not exist; "
                                              "pass a local sentence-transformers model"]
+
+
+def write_splits(folder):
+    import csv
+
+    train, test = synthetic_splits(5, 2)
+    for name, split in (("train.csv", train), ("test.csv", test)):
+        with open(folder / name, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["label", "text"])
+            w.writerows([ex.label, ex.text] for ex in split)
+    return dict(train=str(folder / "train.csv"), test=str(folder / "test.csv"),
+                label_words=list(get_preset("ag_news").label_words))
+
+
+class FlatLM(FakeLM):
+    """Another model: every text embeds alike, so ties pick each class's earliest examples."""
+
+    def text_embeddings(self, texts):
+        return np.ones((len(texts), 64), dtype=np.float32)
+
+
+def test_knn_cache_follows_the_model_files_not_their_path(tmp_path, monkeypatch):
+    from classification import runner
+
+    splits = write_splits(tmp_path)
+    ckpt, tok = tmp_path / "ckpt", tmp_path / "tokenizer.json"
+    ckpt.mkdir()
+    (ckpt / "weights.bin").write_bytes(b"A" * 256)
+    tok.write_text("{}")
+    models = {b"A" * 256: FakeLM, b"B" * 256: FlatLM}  # the "weights" decide which model loads
+    loads = []
+
+    def load_model(ckpt_dir, *args, **kwargs):
+        loads.append(ckpt_dir)
+        return models[(Path(ckpt_dir) / "weights.bin").read_bytes()](), None
+
+    monkeypatch.setattr(runner, "load_model", load_model)
+
+    def preprocess(out):
+        return preprocess_dataset(method="direct", data_path=str(out), k=1, seed=1, n_sample=0, demos="knn",
+                                  ckpt_dir=str(ckpt), tokenizer_path=str(tok), **splits)
+
+    first = preprocess(tmp_path / "a" / "in.json")
+    assert preprocess(tmp_path / "a" / "in.json") == first and len(loads) == 1  # cached: no model needed
+    (ckpt / "weights.bin").write_bytes(b"B" * 256)  # rewritten in place: same path, same size
+    changed = preprocess(tmp_path / "a" / "in.json")
+    assert len(loads) == 2  # embedded again, with the new weights
+    fresh = preprocess(tmp_path / "b" / "in.json")  # what the new weights choose without any cache
+    assert changed == fresh and changed != first
+    assert len(list((tmp_path / "a").glob("embeddings.*.npz"))) == 2  # one cache per content
+
+
+@pytest.mark.parametrize("damage, cause", [
+    (lambda p: p.write_bytes(b"PK\x03\x04 not a zip"), "not a readable embeddings cache"),
+    (lambda p: p.write_bytes(p.read_bytes()[:100]), "not a readable embeddings cache"),
+    (lambda p: np.savez(p, keys=np.array(["a", "b"]), vectors=np.zeros((3, 4), np.float32)), "a list of keys and"),
+    (lambda p: np.savez(p, keys=np.array(["a"]), vectors=np.zeros(4, np.float32)), "a list of keys and"),
+    (lambda p: np.savez(p, vectors=np.zeros((1, 4), np.float32)), "not a readable embeddings cache"),
+    (lambda p: np.savez(p, keys=np.array(["a"]), vectors=np.full((1, 64), np.nan, np.float32)), "NaN"),
+    (lambda p: np.savez(p, keys=np.array(["a"]), vectors=np.ones((1, 7), np.float32)), "7-dimensional"),
+])
+def test_damaged_or_wrong_shaped_embeddings_cache_is_one_line(tmp_path, damage, cause):
+    train, test = synthetic_splits(5, 3)
+    cache = tmp_path / "embeddings.fake.npz"
+    retrieval.build_records(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "knn",
+                            embed=FakeLM().text_embeddings, cache_path=cache)
+    damage(cache)
+    with pytest.raises(ClassificationError) as e:
+        retrieval.build_records(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "knn",
+                                embed=FakeLM().text_embeddings, cache_path=cache)
+    message = str(e.value)
+    assert message.startswith(str(cache)) and cause in message and message.endswith("delete it to embed the texts again")

@@ -369,3 +369,124 @@ def test_unusable_devices_are_one_line_errors(tmp_path, device, message):
                        cwd=root, capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
     assert p.stderr.startswith(f"error: {message}")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply to read"),
+    ('[{"index": ' + "7" * 5000 + "}]", "unreadable JSON (Exceeds the limit (4300 digits)"),
+])
+def test_deep_or_huge_number_json_is_one_line(tmp_path, content, message):
+    path = tmp_path / "in.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ClassificationError) as e:
+        runner.evaluate("direct", str(path), str(tmp_path / "o.json"), lm=FakeLM())
+    assert str(e.value).startswith(f"--data_path {path}: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_deep_or_huge_number_partial_lines_are_skipped(tmp_path):
+    data, recs = write_inputs(tmp_path)
+    out = tmp_path / "o.json"
+    with pytest.raises(FakeCrash):
+        runner.evaluate("direct", data, str(out), lm=FakeLM(fail_after_calls=1), chunk_size=4)
+    partial = Path(f"{out}.partial.jsonl")
+    with open(partial, "a", encoding="utf-8") as f:
+        f.write("[" * 100_000 + "\n" + '{"pos": ' + "1" * 5000 + "}\n")
+    lm = FakeLM()
+    runner.evaluate("direct", data, str(out), lm=lm, chunk_size=4)
+    assert len(read(str(out))) == len(recs) and lm.calls >= 1
+
+
+def no_space(*args, **kwargs):
+    import errno
+    import os
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_when_writing_the_output_keeps_the_partial(tmp_path, monkeypatch):
+    from classification import fileio
+
+    data, recs = write_inputs(tmp_path)
+    out = tmp_path / "o.json"
+    monkeypatch.setattr(fileio.json, "dump", no_space)
+    with pytest.raises(ClassificationError) as e:
+        runner.evaluate("direct", data, str(out), lm=FakeLM(), chunk_size=4)
+    assert str(e.value) == (f"{out}: cannot write: No space left on device; "
+                            "free some space and run again (finished work is kept)")
+    assert not out.exists() and glob.glob(str(tmp_path / ".o.json.*")) == []  # no temporary file left
+    kept = Path(f"{out}.partial.jsonl").read_text().splitlines()
+    assert len(kept) == 1 + len(recs)  # the header and every result
+    monkeypatch.undo()
+    lm = FakeLM()
+    runner.evaluate("direct", data, str(out), lm=lm, chunk_size=4)
+    assert lm.calls == 0 and len(read(str(out))) == len(recs)
+
+
+def test_full_disk_while_appending_results_keeps_what_was_written(tmp_path, monkeypatch):
+    import builtins
+
+    from classification import resume
+
+    data, recs = write_inputs(tmp_path)
+    out = tmp_path / "o.json"
+
+    class FillingFile:
+        """The partial file on a disk with room for 4 more result lines."""
+
+        def __init__(self, f):
+            self.f, self.lines = f, 0
+
+        def write(self, text):
+            self.lines += 1
+            if self.lines > 4:
+                no_space()
+            return self.f.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def filling_open(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        return FillingFile(f) if mode == "a" else f
+
+    monkeypatch.setattr(resume, "open", filling_open, raising=False)
+    with pytest.raises(ClassificationError) as e:
+        runner.evaluate("direct", data, str(out), lm=FakeLM(), chunk_size=4, save_every_s=0)
+    assert str(e.value).startswith(f"{out}.partial.jsonl: cannot write: No space left on device; free some space")
+    monkeypatch.undo()
+    lm = FakeLM()
+    runner.evaluate("direct", data, str(out), lm=lm, chunk_size=4)
+    assert len(read(str(out))) == len(recs) and sum(lm.requests.values()) == 4 * (len(recs) - 4)
+
+
+def test_full_disk_through_a_script_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from classification import fileio
+    from classification.cli import cli
+
+    data, _ = write_inputs(tmp_path)
+    monkeypatch.setattr(fileio.json, "dump", no_space)
+    main = cli(lambda: runner.evaluate("direct", data, str(tmp_path / "o.json"), lm=FakeLM()))
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the progress bar
+    assert e.value.code == 2 and last.startswith("error: ") and os.strerror(errno.ENOSPC) in last
+    assert "Traceback" not in err
+
+
+def test_generate_label_words_that_differ_only_in_case(tmp_path):
+    recs = [dict(good_record(), label_words=["us", "US"], ground_truth=w, text=f"text {i}", index=i)
+            for i, w in enumerate(["US", "us", "US"])]
+    data = tmp_path / "in.json"
+    data.write_text(json.dumps(recs))
+    out = tmp_path / "g.json"
+    m = runner.evaluate("generate", str(data), str(out), lm=FakeLM(generator=lambda c: " US"))
+    assert [o["prediction"] for o in read(str(out))] == ["US", "US", "US"] and m["accuracy"] == pytest.approx(2 / 3)
+    assert m["fingerprint"]["ignore_case"] is False
+    lm = FakeLM(generator=lambda c: " US")
+    with pytest.raises(ClassificationError, match="'us' and 'US' are the same under case-insensitive matching"):
+        runner.evaluate("generate", str(data), str(tmp_path / "g2.json"), lm=lm, ignore_case=True)
+    assert lm.calls == 0 and glob.glob(str(tmp_path / "g2.json*")) == []

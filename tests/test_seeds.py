@@ -57,7 +57,8 @@ def test_seeds_per_seed_files_and_mean_std(tmp_path, spec, capsys):
         assert names == sorted(["inputs_direct.json", "inputs_channel.json"]
                                + [f"outputs_{m}{ext}" for m in SEED_METHODS for ext in (".json", ".metrics.json")])
         recs = json.loads((out / f"seed{seed}" / "inputs_direct.json").read_text())
-        assert recs[0]["meta"] == {"dataset": "topics", "method": "direct", "k": 1, "seed": seed, "sample_seed": 0}
+        assert recs[0]["meta"] == {"dataset": "topics", "method": "direct", "k": 1, "seed": seed, "sample_seed": 0,
+                                   "template": "Article: {text}\nCategory: {label_word}"}
         assert recs[0]["prompt"].endswith("Article: {text}\nCategory:")
     # Same test sample for every seed, different demonstrations.
     inputs = [json.loads((out / f"seed{s}" / "inputs_direct.json").read_text()) for s in (1, 2, 3)]
@@ -155,3 +156,147 @@ def test_scripts_bad_input_exits_2(tmp_path, name):
             "run_evaluate_direct_calibrate_llama.py": ["--calibration", "pmi"]}[name]
     p = subprocess.run([sys.executable, name, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr
+
+
+def one_direct_run(tmp_path):
+    """The metrics file of one direct run (fake model), as the report reads it."""
+    from classification.runner import evaluate
+    from classification_fakes import synthetic_splits
+    from classification.data import build_records
+
+    train, test = synthetic_splits()
+    inputs = tmp_path / "in.json"
+    inputs.write_text(json.dumps(build_records("direct", train, test, k=1, seed=1, sample=False)))
+    evaluate("direct", str(inputs), str(tmp_path / "run" / "out.json"), lm=FakeLM())
+    return tmp_path / "run" / "out.metrics.json"
+
+
+def test_report_keeps_runs_of_two_models_apart(tmp_path):
+    """Two metrics files that differ only in the model are two rows, not one mean ± std over 'seeds'."""
+    first = one_direct_run(tmp_path)
+    m = json.loads(first.read_text())
+    other = dict(m, model="checkpoints/other", accuracy=0.25,
+                 fingerprint=dict(m["fingerprint"], model_files={"consolidated.00.pth": {"sha256": "0" * 64}}))
+    second = tmp_path / "run2" / "out.metrics.json"
+    second.parent.mkdir()
+    second.write_text(json.dumps(other))
+    text = Path(build_report([str(first), str(second)], str(tmp_path / "report"))).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ag_news | 1 | direct |")]
+    assert len(rows) == 2 and "| dataset | k | method | setting | seeds |" in text
+    assert any("model checkpoints/other #" in r and "| 0.2500 ± 0.0000 |" in r for r in rows)
+    assert any(f"model {m['model']} #" in r and f"| {m['accuracy']:.4f} ± 0.0000 |" in r for r in rows)
+    pngs = sorted(p.name for p in (tmp_path / "report" / "img").glob("confusion_*.png"))
+    assert len(pngs) == 2  # one per run, neither overwrites the other
+    # Seeds of one setting are still averaged: the same run under another seed joins its row.
+    third = tmp_path / "run3" / "out.metrics.json"
+    third.parent.mkdir()
+    third.write_text(json.dumps(dict(other, seed=2, accuracy=0.75,
+                                     fingerprint=dict(other["fingerprint"], data_sha256="1" * 64))))
+    text = Path(build_report([str(first), str(second), str(third)], str(tmp_path / "report"))).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ag_news | 1 | direct |")]
+    assert len(rows) == 2 and any("| 1, 2 |" in r and "0.5000 ± 0.3536" in r for r in rows)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("accuracy", "0.9"), ("macro_f1", [1]), ("seed", [1]), ("k", {"a": 1}), ("dataset", 3),
+    ("confusion_matrix", {"matrix": "x", "rows": [], "columns": []}),
+    ("confusion_matrix", {"matrix": [[1, 2]], "rows": ["A", "B"], "columns": ["A", "B"]}),
+    ("per_class", ["A"]), ("per_class", {"A": {"precision": "high"}}),
+    ("reliability", [{"lo": 0, "hi": 0.1, "n": "3"}]), ("reliability", "bins"),
+])
+def test_report_malformed_metrics_fields_are_one_line(tmp_path, field, value):
+    path = one_direct_run(tmp_path)
+    m = json.loads(path.read_text())
+    m[field] = value
+    path.write_text(json.dumps(m))
+    with pytest.raises(ClassificationError) as e:
+        build_report([str(path)], str(tmp_path / "report"))
+    assert str(e.value).startswith(f"metrics file {path}: {field} is ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content, cause", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"accuracy": ' + "1" * 5000 + "}", "Exceeds the limit (4300 digits)"),
+])
+def test_report_deep_or_huge_number_metrics_json(tmp_path, content, cause):
+    path = tmp_path / "x.metrics.json"
+    path.write_text(content)
+    with pytest.raises(ClassificationError) as e:
+        load_runs([str(path)])
+    assert str(e.value).startswith(f"metrics file {path} is not valid JSON: {cause}")
+
+
+def test_report_into_a_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    path = one_direct_run(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # what a read-only folder does, also for root (who ignores modes)
+        if locked in self.parents:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(ClassificationError) as e:
+        build_report([str(path)], str(locked / "report"))
+    assert str(e.value) == (f"--out_dir {locked / 'report'}: cannot write: Permission denied; "
+                            "choose a folder you can write to")
+    monkeypatch.undo()
+    locked.chmod(0o755)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(ClassificationError) as e:
+        build_report([str(path)], str(tmp_path / "report"))
+    assert str(e.value).startswith(f"--out_dir {tmp_path / 'report'}: cannot write: No space left on device; free")
+
+
+@pytest.mark.parametrize("name", ["../../../../x", "a/b", "a\\b", "x\u0000y", ".hidden", "..", "", 7])
+def test_spec_names_cannot_leave_the_output_folder(tmp_path, spec, monkeypatch, name):
+    """A spec's "name" becomes outputs/<name>/: separators, NUL and leading dots are refused, nothing is written."""
+    work = tmp_path / "a" / "b" / "c" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    bad = tmp_path / "bad_spec.json"
+    bad.write_text(json.dumps(dict(json.loads(Path(spec).read_text()), name=name)))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(ClassificationError) as e:
+        run_seeds(str(bad), seeds=[1], n_sample=4, lm=FakeLM())
+    assert str(e.value).startswith(f"dataset name {name!r} cannot name a folder") and "\n" not in str(e.value)
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_seeds_write_only_inside_the_output_folder(tmp_path, spec, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    run_seeds(spec, methods=["direct"], seeds=[1], n_sample=4, lm=FakeLM())
+    new = [p for p in tmp_path.rglob("*") if p not in before]
+    assert new and all(p == work / "outputs" or (work / "outputs" / "topics") in [p, *p.parents] for p in new)
+
+
+def test_derived_dataset_names_are_plain_file_name_parts():
+    from classification.datasets import dataset_name
+
+    assert dataset_name(None, None, None, "/data/.cache") == "cache"
+    assert dataset_name(None, "user/..", None, None) == "custom"
+    assert dataset_name(None, "user/ag_news:default", None, None) == "ag_news"
+
+
+def test_report_rows_of_two_templates_stay_one_line_each(tmp_path):
+    first = one_direct_run(tmp_path)
+    m = json.loads(first.read_text())
+    second = tmp_path / "run2" / "out.metrics.json"
+    second.parent.mkdir()
+    second.write_text(json.dumps(dict(m, template="Q: {text}\nA | {label_word}")))
+    text = Path(build_report([str(first), str(second)], str(tmp_path / "report"))).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ag_news | 1 | direct |")]
+    assert len(rows) == 2 and any("| template Q: {text}\\nA \\| {label_word} |" in r for r in rows)

@@ -230,3 +230,27 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as e:
         write_tokenizer_from_gguf(tmp_path / "model.gguf", tmp_path)
     assert "model.gguf" in _one_line(e)
+
+
+def test_gguf_without_vocabulary_as_tokenizer_path(tmp_path: Path) -> None:
+    """A model GGUF written without a tokenizer, or a damaged GGUF, passed as --tokenizer_path."""
+    import torch
+
+    from llama.checkpoint import quantize_state, write_gguf
+    from llama.model import ModelArgs, Transformer
+    from llama.tokenizer import TokenizerError
+
+    args = ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=64, multiple_of=16)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in Transformer(args).state_dict().items()}
+    path = write_gguf(args, quantize_state({k: torch.zeros(s) for k, s in shapes.items()}, "F32"), tmp_path / "m.gguf")
+    with pytest.raises(TokenizerError) as e:
+        load_tokenizer(path)
+    assert _one_line(e).startswith(f"{path}: ") and "no tokenizer vocabulary" in str(e.value)
+    assert "tokenizer.json" in str(e.value)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:200])
+    for call in (lambda: load_tokenizer(cut), lambda: write_tokenizer_from_gguf(cut, tmp_path / "out")):
+        with pytest.raises(TokenizerError) as e:
+            call()
+        assert _one_line(e).startswith(f"{cut}: not a usable GGUF file") and "truncated" in str(e.value)

@@ -155,3 +155,17 @@ def test_install_default_reconverts_a_same_size_different_source(tmp_path, defau
     src.write_bytes(bytes(data))
     convert.install_default(str(tmp_path / "out"), str(src))
     assert len(calls) == 2
+
+
+def test_deep_config_json_beside_meta_weights_raises_no_recursion_error(tmp_path, monkeypatch):
+    """config.json too deep to parse, beside a Meta checkpoint: the context-length probe and the
+    params check leave it to the reader, and nothing escapes as a RecursionError."""
+    import classification.scoring
+    from llama.verify import check_params_match_config, trained_context
+
+    ckpt = tiny_meta(tmp_path / "m")
+    (ckpt / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert trained_context(ckpt) == (None, "")
+    check_params_match_config(ckpt)
+    monkeypatch.setattr(classification.scoring, "load_lm", lambda *a, **k: ("lm", None))
+    assert runner.load_model(str(ckpt), str(ckpt / "params.json"), 512, 1, None, "cpu", "fast", True)[0] == "lm"

@@ -22,18 +22,17 @@ from typing import Dict, List, Optional
 import fire
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_scoring import DEFAULT_DATA, _run  # noqa: E402
-from classification.cli import cli  # noqa: E402
-from classification.data import build_records, load_ag_news  # noqa: E402
-from classification.errors import ClassificationError  # noqa: E402
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # noqa: E402
-from classification.scoring import LlamaLM  # noqa: E402
-from llama.checkpoint import load_model  # noqa: E402
-from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.quantize import DEFAULT_THRESHOLD, calibration_tokens, planned_weight_bytes, quantize_model, weight_bytes  # noqa: E402
-from llama.runtime import DTYPES  # noqa: E402
-from llama.tokenizer import load_tokenizer  # noqa: E402
+from bench_scoring import DEFAULT_DATA, _run
+from classification.cli import cli
+from classification.data import build_records, load_ag_news
+from classification.errors import ClassificationError
+from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
+from classification.scoring import LlamaLM
+from llama.checkpoint import load_model
+from llama.model import ModelArgs, Transformer
+from llama.quantize import DEFAULT_THRESHOLD, calibration_tokens, planned_weight_bytes, quantize_model, weight_bytes
+from llama.runtime import DTYPES
+from llama.tokenizer import load_tokenizer
 
 SEVEN_B = Path(__file__).resolve().parent / "llama-7b-params.json"
 

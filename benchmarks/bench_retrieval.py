@@ -12,19 +12,17 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import fire
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from classification import methods  # noqa: E402
-from classification.datasets import load_dataset  # noqa: E402
-from classification.hidden import text_embeddings  # noqa: E402
-from classification.retrieval import build_records  # noqa: E402
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, load_model  # noqa: E402
-from classification.scoring import LlamaLM  # noqa: E402
+from classification import methods
+from classification.datasets import load_dataset
+from classification.hidden import text_embeddings
+from classification.retrieval import build_records
+from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, load_model
+from classification.scoring import LlamaLM
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news"
 

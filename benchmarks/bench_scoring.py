@@ -21,17 +21,16 @@ from typing import Dict, List, Optional
 import fire
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from classification import methods as icl  # noqa: E402
-from classification.cli import cli  # noqa: E402
-from classification.data import build_records, load_ag_news  # noqa: E402
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # noqa: E402
-from classification.scoring import LlamaLM  # noqa: E402
-from llama.checkpoint import load_model  # noqa: E402
-from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.quantize import calibration_tokens, check_mode, quantize_model, weight_bytes  # noqa: E402
-from llama.runtime import resolve_dtype  # noqa: E402
-from llama.tokenizer import load_tokenizer  # noqa: E402
+from classification import methods as icl
+from classification.cli import cli
+from classification.data import build_records, load_ag_news
+from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
+from classification.scoring import LlamaLM
+from llama.checkpoint import load_model
+from llama.model import ModelArgs, Transformer
+from llama.quantize import calibration_tokens, check_mode, quantize_model, weight_bytes
+from llama.runtime import resolve_dtype
+from llama.tokenizer import load_tokenizer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news"
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import fire
-import pytest
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "runs.json"
 TOLERANCE = 1e-5

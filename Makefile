@@ -33,7 +33,7 @@ demo: setup
 	$(PY) run_evaluate_direct_calibrate_llama.py
 	$(PY) run_evaluate_channel_llama.py
 	$(PY) run_evaluate_generate_llama.py
-	$(PY) -m classification.table samples/outputs_{direct,direct_calibrate,channel,generate}_ag_news.metrics.json
+	$(PY) -m classification.report.table samples/outputs_{direct,direct_calibrate,channel,generate}_ag_news.metrics.json
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -24,10 +24,10 @@ import torch
 
 from bench_scoring import DEFAULT_DATA, _run
 from classification.cli import cli
-from classification.data import build_records, load_ag_news
+from classification.inputs.ag_news import build_records, load_ag_news
 from classification.errors import ClassificationError
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
-from classification.scoring import LlamaLM
+from classification.run.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
+from classification.backend.scoring import LlamaLM
 from llama.checkpoint import load_model
 from llama.model import ModelArgs, Transformer
 from llama.quantize import DEFAULT_THRESHOLD, calibration_tokens, planned_weight_bytes, quantize_model, weight_bytes

@@ -18,11 +18,11 @@ from pathlib import Path
 import fire
 
 from classification import methods
-from classification.datasets import load_dataset
-from classification.hidden import text_embeddings
-from classification.retrieval import build_records
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, load_model
-from classification.scoring import LlamaLM
+from classification.inputs.datasets import load_dataset
+from classification.backend.hidden import text_embeddings
+from classification.inputs.retrieval import build_records
+from classification.run.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, load_model
+from classification.backend.scoring import LlamaLM
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news"
 

@@ -23,9 +23,9 @@ import torch
 
 from classification import methods as icl
 from classification.cli import cli
-from classification.data import build_records, load_ag_news
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
-from classification.scoring import LlamaLM
+from classification.inputs.ag_news import build_records, load_ag_news
+from classification.run.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
+from classification.backend.scoring import LlamaLM
 from llama.checkpoint import load_model
 from llama.model import ModelArgs, Transformer
 from llama.quantize import calibration_tokens, check_mode, quantize_model, weight_bytes

@@ -1,7 +1,7 @@
 """Classifiers from the direct pass: hidden-state and kNN calibration on labeled anchors.
 
 Both re-classify a direct run from what it saved with ``--save_hidden`` (the final hidden state at
-the position that predicts the label, :mod:`classification.hidden`) and the same states of
+the position that predicts the label, :mod:`classification.backend.hidden`) and the same states of
 *anchors*: m labeled training examples per class, never demonstrations, written by the
 preprocess scripts with ``--n_anchor`` (``<inputs stem>.anchors.json``, the test set's prompt).
 The anchors are scored once by an ordinary direct run (``<direct output stem>.anchors.json`` +
@@ -37,9 +37,9 @@ import numpy as np
 
 from classification.errors import ClassificationError, check_int
 from classification.fileio import file_sha256
-from classification.hidden import hidden_path, load_hidden, next_token_log_probs
+from classification.backend.hidden import hidden_path, load_hidden, next_token_log_probs
 from classification.records import load_records
-from classification.retrieval import anchors_path
+from classification.inputs.retrieval import anchors_path
 
 NAMES = ("hidden", "lda", "knn")  # registered in classification.calibrations
 SHRINKAGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -198,7 +198,7 @@ class AnchorCalibration:
 
     def prepare(self, lm: Any, runtime: Any, direct_settings: Dict[str, Any]) -> None:
         """Score the anchors (a cached direct run with --save_hidden), then fit on them."""
-        from classification.runner import evaluate
+        from classification.run.runner import evaluate
 
         anchor_hidden = hidden_path(self.anchor_outputs)
         # The direct run checked the model already.

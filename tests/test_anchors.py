@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from classification import retrieval
+from classification.inputs import retrieval
 from classification.anchors import SHRINKAGES, KnnVote, NearestCentroid, ShrinkageLDA
-from classification.datasets import Dataset, get_preset
+from classification.inputs.datasets import Dataset, get_preset
 from classification.errors import ClassificationError
-from classification.runner import evaluate
+from classification.run.runner import evaluate
 from classification.templates import fill
 from classification_fakes import FakeLM, run_ranks, synthetic_splits
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from classification.data import build_records, load_ag_news
-from classification.datasets import load_dataset, make_records, preprocess_dataset
-from classification.presets import PRESETS
-from classification.sampling import holdout_split, select_demonstrations
-from classification.sources import label_index
+from classification.inputs.ag_news import build_records, load_ag_news
+from classification.inputs.datasets import load_dataset, make_records, preprocess_dataset
+from classification.inputs.presets import PRESETS
+from classification.inputs.sampling import holdout_split, select_demonstrations
+from classification.inputs.sources import label_index
 from classification.errors import ClassificationError
 from classification.templates import build_prompt_from_template, parse_template, unescape_cli
 
@@ -141,7 +141,7 @@ def test_holdout_split_is_seeded_disjoint_and_independent_of_demo_seed(preset):
 
 
 def test_holdout_split_by_hand():
-    from classification.sampling import Example
+    from classification.inputs.sampling import Example
 
     exs = [Example(str(i), i % 2, i) for i in range(10)]
     train, test = holdout_split(exs, 3, split_seed=0, what="x")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from classification import hidden
-from classification.scoring import LlamaLM
+from classification.backend import hidden
+from classification.backend.scoring import LlamaLM
 from classification_fakes import WhitespaceTokenizer
 from llama.model import ModelArgs, Transformer
 
@@ -125,7 +125,7 @@ def test_scoring_keeps_the_states_that_save_hidden_needs(monkeypatch):
 def test_states_are_kept_only_for_runs_that_save_them(tmp_path):
     """One model object across runs (seeds, anchors): a run with --save_hidden takes every state
     it kept, and a later run without it keeps none."""
-    from classification import runner
+    from classification.run import runner
     from test_runner import write_inputs
 
     data, recs = write_inputs(tmp_path)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from classification import runner
-from classification.presets import PRESETS
-from classification.seeds import SEED_METHODS, run_seeds
+from classification.run import runner
+from classification.inputs.presets import PRESETS
+from classification.run.seeds import SEED_METHODS, run_seeds
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

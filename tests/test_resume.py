@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from classification import resume, runner
+from classification.run import resume
+from classification.run import runner
 from classification_fakes import FakeCrash, FakeLM
 from test_runner import read, write_inputs
 
@@ -135,7 +136,7 @@ def test_metrics_of_another_output_are_not_reused(tmp_path, capsys):
 
 SLOW_RUN = """
 import time
-from classification import runner
+from classification.run import runner
 from classification_fakes import FakeLM
 
 class SlowLM(FakeLM):

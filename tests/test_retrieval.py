@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classification import retrieval
-from classification.sampling import Example
-from classification.datasets import Dataset, get_preset, make_records, preprocess_dataset
+from classification.inputs import retrieval
+from classification.inputs.sampling import Example
+from classification.inputs.datasets import Dataset, get_preset, make_records, preprocess_dataset
 from classification.errors import ClassificationError
 from classification.fileio import write_json_atomic
 from classification_fakes import FakeLM, synthetic_splits
@@ -112,7 +112,7 @@ def test_random_demos_write_the_same_bytes_as_before(tmp_path, shared_data):
     with_anchors = tmp_path / "anchored.json"
     preprocess_dataset(preset="sst2", data_dir=data_dir, data_path=str(with_anchors), k=2, seed=3, n_sample=20,
                        demos="random", n_anchor=5)
-    from classification.datasets import load_dataset
+    from classification.inputs.datasets import load_dataset
 
     old = make_records(load_dataset(preset="sst2", data_dir=data_dir), "direct", k=2, seed=3, n_sample=20)
     write_json_atomic(str(tmp_path / "old.json"), old, indent=2)

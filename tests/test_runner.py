@@ -5,10 +5,10 @@ from collections import Counter
 
 import pytest
 
-from classification import runner
-from classification.data import build_records
+from classification.run import runner
+from classification.inputs.ag_news import build_records
 from classification.errors import ClassificationError
-from classification.table import format_table, load_metrics, main as table_main
+from classification.report.table import format_table, load_metrics, main as table_main
 from classification_fakes import FakeCrash, FakeLM, run_ranks, synthetic_splits
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import fire
 import pytest
 
-from classification import runner
-from classification.data import build_records
+from classification.run import runner
+from classification.inputs.ag_news import build_records
 from classification_fakes import FakeLM, synthetic_splits
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from classification import runner
+from classification.run import runner
 from classification.errors import ClassificationError
 from llama.checkpoint import CheckpointError, load_model
 from llama.model import ModelArgs, Transformer
@@ -113,11 +113,11 @@ def test_params_json_that_contradicts_config_json(tmp_path):
 
 
 def test_max_seq_len_above_the_trained_context_is_warned_about(tmp_path, capsys, monkeypatch):
-    import classification.scoring
+    import classification.backend.scoring
 
     ckpt = tiny_meta(tmp_path / "m")
     (ckpt / "config.json").write_text(json.dumps({"max_position_embeddings": 512, "num_attention_heads": 2}))
-    monkeypatch.setattr(classification.scoring, "load_lm", lambda *a, **k: (None, None))
+    monkeypatch.setattr(classification.backend.scoring, "load_lm", lambda *a, **k: (None, None))
     runner.load_model(str(ckpt), str(ckpt / "params.json"), 2048, 1, None, "cpu", "fast", True)
     err = capsys.readouterr().err
     assert "--max_seq_len 2048 is above the 512 tokens" in err and "config.json" in err

@@ -7,7 +7,7 @@ input, as in KATE, Liu et al. 2022):
 - ``bm25``: BM25 scores of the training texts for the input's text (``bm25s``, English stop
   words removed, scikit-learn's word pattern);
 - ``knn``: cosine similarity of text embeddings.  The default embedder is the scoring model
-  itself (:func:`classification.hidden.text_embeddings`: mean-pooled last hidden states of each
+  itself (:func:`classification.backend.hidden.text_embeddings`: mean-pooled last hidden states of each
   text alone), so it works offline with any checkpoint; ``--embedder PATH`` takes a local
   sentence-transformers model instead (optional package).  Embeddings are cached beside the
   records (``embeddings.<embedder>.npz``, keyed by a hash of each text), so seeds, k and methods
@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from classification.sampling import Example, by_class, stratified
+from classification.inputs.sampling import Example, by_class, stratified
 from classification.errors import ClassificationError, check_int
 from classification.templates import has_placeholder
 
@@ -228,8 +228,8 @@ def embedder_for(embedder: Optional[str], ckpt_dir: str, tokenizer_path: str) ->
     """(embed function, cache tag) for ``--embedder`` (a sentence-transformers path) or the scoring model."""
     if embedder is not None:
         return sentence_transformer(embedder), "st-" + _tag(embedder)
-    from classification.hidden import text_embeddings
-    from classification.runner import load_model
+    from classification.backend.hidden import text_embeddings
+    from classification.run.runner import load_model
 
     state: Dict[str, Any] = {}
 
@@ -252,14 +252,14 @@ def build_records(
     sample_seed: Optional[int], demos: str = "random", demo_pool: Optional[int] = None, n_anchor: int = 0,
     embed: Optional[Callable[[List[str]], np.ndarray]] = None, cache_path: Optional[Path] = None,
 ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """(test records, anchor records) of ``dataset`` (:class:`classification.datasets.Dataset`).
+    """(test records, anchor records) of ``dataset`` (:class:`classification.inputs.datasets.Dataset`).
 
-    ``demos`` random: :func:`classification.datasets.make_records`'s records, unchanged.  bm25/knn:
+    ``demos`` random: :func:`classification.inputs.datasets.make_records`'s records, unchanged.  bm25/knn:
     the same records with each prompt's demonstrations retrieved for its input; each record keeps
     the train indices of its demonstrations (``demo_indices``, in prompt order).
     """
-    from classification.sampling import select_demonstrations
-    from classification.datasets import make_records
+    from classification.inputs.sampling import select_demonstrations
+    from classification.inputs.datasets import make_records
     from classification.templates import build_prompt_from_template
 
     n_classes = len(dataset.label_words)

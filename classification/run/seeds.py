@@ -20,14 +20,15 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from classification import anchors, runner
+from classification import anchors
+from classification.run import runner
 from classification.cli import as_list
-from classification.datasets import Dataset, load_dataset, make_records
-from classification.presets import PRESETS
+from classification.inputs.datasets import Dataset, load_dataset, make_records
+from classification.inputs.presets import PRESETS
 from classification.errors import ClassificationError, check_int
 from classification.fileio import write_json_atomic
 from classification.calibrations import CALIBRATIONS
-from classification.table import method_label
+from classification.report.table import method_label
 from classification.templates import parse_template, unescape_cli
 
 ALL_METHODS = ("direct",) + tuple(CALIBRATIONS) + ("channel", "generate")
@@ -167,7 +168,7 @@ def run_seeds(
     """Run ``methods`` for every seed, write per-seed files and ``summary.json``/``summary.md``.
 
     ``model``: ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, model_parallel_size, quantize
-    (as for :func:`classification.runner.evaluate`); ``lm``/``runtime``: an already built model.
+    (as for :func:`classification.run.runner.evaluate`); ``lm``/``runtime``: an already built model.
     Returns the summary (on the main rank; None elsewhere).
     """
     chosen = check_methods(methods)

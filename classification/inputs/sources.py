@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from classification.errors import ClassificationError
-from classification.presets import Source
-from classification.sampling import N_CLASSES, Example, holdout_split
+from classification.inputs.presets import Source
+from classification.inputs.sampling import N_CLASSES, Example, holdout_split
 
 FILE_FORMATS = ("csv", "json", "jsonl", "parquet", "ag_news_csv")
 

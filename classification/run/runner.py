@@ -2,7 +2,7 @@
 
 :func:`evaluate` reads and checks the inputs, checks that the output can be written, loads the
 model (or takes a given :class:`~classification.lm.LanguageModel`), scores the records
-resumably (:mod:`classification.resume`) and writes, on the main rank:
+resumably (:mod:`classification.run.resume`) and writes, on the main rank:
 
 - ``output_path``: one JSON record per input record, same order (``index``, ``ground_truth``,
   ``prediction``, ``correct``, ``log_probs``, ``shortened``, and ``generation`` for generate);
@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from classification import hidden, methods
+from classification import methods
+from classification.backend import hidden
 from classification.calibrations import Calibration, CalibrationOptions, calibration_class
 from classification.errors import ClassificationError, check_int
 from classification.fileio import check_output_path, file_sha256
@@ -33,11 +34,11 @@ from classification.lm import LanguageModel
 from classification.metrics import calibration_metrics, classification_metrics
 from classification.methods import METHODS
 from classification.records import load_direct_outputs, load_records
-from classification.resume import (
+from classification.run.resume import (
     CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, read_metrics,
     run_resumable, write_finished,
 )
-from classification.scoring import SCORING_MODES as SCORINGS
+from classification.backend.scoring import SCORING_MODES as SCORINGS
 from llama.quantize import QUANTIZE_MODES
 
 __all__ = ["evaluate", "load_model", "metrics_path", "DEFAULT_CKPT_DIR"]
@@ -62,7 +63,7 @@ def load_model(
     model_parallel_size: Optional[int] = None,
     quantize: str = "none",
 ) -> Tuple[LanguageModel, Any]:
-    """Load the real model and its runtime (``classification.scoring.load_lm``), after checking
+    """Load the real model and its runtime (``classification.backend.scoring.load_lm``), after checking
     the files against Meta's ``checklist.chk`` when ``verify_checkpoint`` (None: when there is one)."""
     for flag, path in (("--ckpt_dir", ckpt_dir), ("--tokenizer_path", tokenizer_path)):
         if not Path(path).exists():
@@ -87,7 +88,7 @@ def load_model(
     if context is not None and max_seq_len > context:
         print(f"warning: --max_seq_len {max_seq_len} is above the {context} tokens the model was trained for "
               f"({source}); longer prompts are extrapolated: pass --max_seq_len {context}", file=sys.stderr)
-    from classification.scoring import load_lm
+    from classification.backend.scoring import load_lm
 
     return load_lm(
         ckpt_dir,
@@ -165,7 +166,7 @@ def make_scorer(
     save_hidden: bool = False,
 ) -> Callable[[List[int]], List[Result]]:
     """positions -> results for ``method`` (calibrations are prepared here, once); ``save_hidden``:
-    each result also carries its label-predicting hidden state (:func:`classification.hidden.attach_hidden`)."""
+    each result also carries its label-predicting hidden state (:func:`classification.backend.hidden.attach_hidden`)."""
     label_words: List[str] = records[0]["label_words"]
     if hasattr(lm, "keep_hidden"):
         # The hidden states come from the scoring pass, not a second one.  Set on every run: one
@@ -367,7 +368,7 @@ def evaluate(
     demonstration prefix hardly better than uniform (:func:`check_model_fits`).
     ``verify_checkpoint``: check Meta's ``checklist.chk`` (None: when the checkpoint has one).
     ``save_hidden`` (direct): also write each record's label-predicting hidden state to
-    ``<output stem>.hidden.npy`` (:mod:`classification.hidden`), which the anchor calibrations
+    ``<output stem>.hidden.npy`` (:mod:`classification.backend.hidden`), which the anchor calibrations
     (hidden, lda, knn; ``n_anchor``, ``knn_k``: :mod:`classification.anchors`) read.
     """
     start = time.time()

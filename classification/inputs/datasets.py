@@ -1,11 +1,11 @@
 """Any text-classification dataset, from flags to input records.
 
 :func:`load_dataset` resolves the dataset flags of ``run_preprocess.py`` (a preset of
-:mod:`classification.presets`, local files or a hub id; rows read by
-:mod:`classification.sources`) into (train, test) lists of examples;
+:mod:`classification.inputs.presets`, local files or a hub id; rows read by
+:mod:`classification.inputs.sources`) into (train, test) lists of examples;
 :func:`make_records` turns them into input records exactly as for ag_news: ``k`` seeded
 demonstrations per class from train, a stratified seeded test sample
-(:mod:`classification.sampling`), one template per method
+(:mod:`classification.inputs.sampling`), one template per method
 (:func:`classification.templates.parse_template`).
 """
 
@@ -19,9 +19,9 @@ from classification.cli import as_list
 from classification.errors import ClassificationError, check_int
 from classification.fileio import check_output_path, write_json_atomic
 from classification.methods import TEMPLATE_METHODS
-from classification.presets import DEFAULT_TEMPLATES, PRESETS, Source, get_preset
-from classification.sampling import Example, sample_test, select_demonstrations
-from classification.sources import load_hub, load_local, read_labels_txt
+from classification.inputs.presets import DEFAULT_TEMPLATES, PRESETS, Source, get_preset
+from classification.inputs.sampling import Example, sample_test, select_demonstrations
+from classification.inputs.sources import load_hub, load_local, read_labels_txt
 from classification.templates import build_prompt_from_template, parse_template, unescape_cli
 
 
@@ -224,8 +224,8 @@ def preprocess_dataset(
 ) -> List[Dict[str, Any]]:
     """``run_preprocess.py``: resolve the dataset (``source``: :func:`load_dataset`'s flags), build
     ``method`` records and write them to ``data_path``.  ``n_sample`` 0 means the whole test split.
-    ``demos``, ``demo_pool``, ``n_anchor``, ``embedder``: see :mod:`classification.retrieval`."""
-    from classification import retrieval
+    ``demos``, ``demo_pool``, ``n_anchor``, ``embedder``: see :mod:`classification.inputs.retrieval`."""
+    from classification.inputs import retrieval
 
     retrieval.check_demos(demos, demo_pool, embedder, n_anchor)
     if method not in TEMPLATE_METHODS:

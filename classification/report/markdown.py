@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification.cli import as_list
 from classification.errors import ClassificationError
-from classification.seeds import fmt_mean_std, mean_std
-from classification.table import label_rank, method_label
+from classification.run.seeds import fmt_mean_std, mean_std
+from classification.report.table import label_rank, method_label
 
 GroupKey = Tuple[str, Any, str]  # (dataset, k, method label)
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from classification.datasets import Dataset, make_records, preprocess_dataset
+from classification.inputs.datasets import Dataset, make_records, preprocess_dataset
 from classification.errors import ClassificationError
-from classification.presets import get_preset
-from classification.sampling import Example
-from classification.sources import read_ag_news_csv
+from classification.inputs.presets import get_preset
+from classification.inputs.sampling import Example
+from classification.inputs.sources import read_ag_news_csv
 from classification.templates import AG_NEWS_LABEL_WORDS
 
 
@@ -79,7 +79,7 @@ def preprocess(
 ) -> List[Dict[str, Any]]:
     """Build ag_news input records for ``method`` and write them to ``data_path`` (JSON list).
 
-    The ``ag_news`` preset of :func:`classification.datasets.preprocess_dataset` (``demos``: its
+    The ``ag_news`` preset of :func:`classification.inputs.datasets.preprocess_dataset` (``demos``: its
     demonstration flags, e.g. ``demos="bm25"``).
     """
     return preprocess_dataset(

@@ -21,15 +21,12 @@ import torch
 from torch import Tensor
 
 from llama import verify
+from llama.errors import CheckpointError
 from llama.model import ModelArgs, Transformer
 from llama.parallel import shard_dim
 from llama.tokenizer import gguf_field
 
 StateDict = Dict[str, Tensor]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the fix."""
 
 
 # Meta name pattern -> (HF name pattern, GGUF name pattern). "{i}" is the layer index.

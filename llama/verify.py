@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
 
+from llama.tokenizer import gguf_field
+
 if TYPE_CHECKING:  # torch is imported only where tensors are checked (preprocessing never needs it)
     from torch import Tensor
 
@@ -137,9 +139,7 @@ def trained_context(path: str | Path) -> Tuple[Optional[int], str]:
         return (int(value), str(config)) if isinstance(value, int) else (None, "")
     gguf_files = [p] if p.suffix == ".gguf" else sorted(p.glob("*.gguf")) if p.is_dir() else []
     if gguf_files and gguf_files[0].is_file():
-        import gguf
-
-        from llama.tokenizer import gguf_field
+        import gguf  # read only for a GGUF checkpoint: imported where used
 
         reader = gguf.GGUFReader(str(gguf_files[0]))
         value = gguf_field(reader, f"{gguf_field(reader, 'general.architecture', 'llama')}.context_length")

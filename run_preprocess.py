@@ -3,7 +3,7 @@
 import fire
 
 from classification.cli import cli
-from classification.inputs.datasets import preprocess_dataset
+from classification.run.preprocess import preprocess_dataset
 
 
 @cli

@@ -3,7 +3,7 @@
 import fire
 
 from classification.cli import cli
-from classification.inputs.ag_news import preprocess
+from classification.run.preprocess import preprocess
 
 
 @cli

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from classification.run import resume
-from classification.run import runner
+from classification import paths
+from classification.run import resume, runner
 from classification_fakes import FakeCrash, FakeLM
 from test_runner import read, write_inputs
 
@@ -178,5 +178,5 @@ def test_shard_is_strided_and_complete():
     positions = list(range(10))
     shards = [resume.shard(positions, r, 3) for r in range(3)]
     assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
-    assert resume.partial_path("o.json") == "o.json.partial.jsonl"
-    assert resume.partial_path("o.json", 1, 2) == "o.json.partial.1.jsonl"
+    assert paths.partial_path("o.json") == "o.json.partial.jsonl"
+    assert paths.partial_path("o.json", 1, 2) == "o.json.partial.1.jsonl"

@@ -13,7 +13,8 @@ import pytest
 
 from classification.errors import ClassificationError
 from classification.report.markdown import build_report, load_runs
-from classification.run.seeds import SEED_METHODS, check_methods, mean_std, run_seeds
+from classification.metrics import mean_std
+from classification.run.seeds import SEED_METHODS, check_methods, run_seeds
 from classification_fakes import FakeLM
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """Resumable, data-parallel scoring: partial files, their writer, fingerprints and sharding.
 
 Every finished chunk is appended to ``<output_path>.partial.jsonl`` (one file per data-parallel
-rank, ``<output_path>.partial.<rank>.jsonl``, when there are several), whose first line is a
+rank, ``<output_path>.partial.<rank>.jsonl``, when there are several: :mod:`classification.paths`), whose first line is a
 fingerprint of everything that changes the results.  A rerun with the same fingerprint skips what
 those files hold, so a run killed half way loses at most the chunk in flight and scores nothing
 twice; a fingerprint mismatch starts over.  The files go once the output is written.
@@ -9,7 +9,6 @@ twice; a fingerprint mismatch starts over.  The files go once the output is writ
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import math
@@ -23,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from classification.fileio import file_sha256, write_json_atomic
+from classification.paths import metrics_path, partial_files, partial_path
 
 CHUNK_SIZE = 64
 SAVE_EVERY_S = 10.0
@@ -52,20 +52,6 @@ class LocalRuntime:
 
     def barrier(self) -> None:
         pass
-
-
-def metrics_path(output_path: str) -> str:
-    """``samples/outputs_x.json`` -> ``samples/outputs_x.metrics.json``."""
-    return str(Path(output_path).with_suffix(".metrics.json"))
-
-
-def partial_path(output_path: str, dp_rank: int = 0, dp_size: int = 1) -> str:
-    """The JSONL file a data-parallel rank appends its finished results to."""
-    return f"{output_path}.partial.jsonl" if dp_size == 1 else f"{output_path}.partial.{dp_rank}.jsonl"
-
-
-def partial_files(output_path: str) -> List[str]:
-    return sorted(glob.glob(glob.escape(output_path) + ".partial*.jsonl"))
 
 
 def shard(positions: Sequence[int], dp_rank: int, dp_size: int) -> List[int]:

@@ -1,8 +1,9 @@
-"""One evaluation loop shared by the four ``run_evaluate_*`` scripts.
+"""One evaluation shared by the four ``run_evaluate_*`` scripts, in three steps.
 
-:func:`evaluate` reads and checks the inputs, checks that the output can be written, loads the
-model (or takes a given :class:`~classification.lm.LanguageModel`), scores the records
-resumably (:mod:`classification.run.resume`) and writes, on the main rank:
+:func:`evaluate` = :func:`plan_run` (the flags, a :class:`RunFlags`, checked once and turned into a
+frozen :class:`RunPlan`: the records, the calibration, the settings and the fingerprint, computed
+once) -> :func:`score_run` (the runs a calibration needs, then the records scored resumably,
+:mod:`classification.run.resume`) -> :func:`write_run`, on the main rank:
 
 - ``output_path``: one JSON record per input record, same order (``index``, ``ground_truth``,
   ``prediction``, ``correct``, ``log_probs``, ``shortened``, and ``generation`` for generate);
@@ -10,6 +11,7 @@ resumably (:mod:`classification.run.resume`) and writes, on the main rank:
   and reliability bins of the normalized label probabilities, "none" count, the run's settings,
   the dataset/k/seed of the inputs (their ``meta``) and the run's fingerprint.
 
+The model is loaded (:func:`classification.backend.loader.load_lm`) unless one is given.
 ``reuse=True`` returns the metrics of a finished run with the same fingerprint without scoring
 (the seeds command uses it to skip what is done).  Calibrations are objects of
 :mod:`classification.calibrations`.  Batch size, chunk size and data-parallel size are not part
@@ -18,112 +20,205 @@ of the fingerprint: the predictions do not depend on them.
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification import methods
-from classification.backend import hidden
+from classification.backend.loader import load_lm, precision_used
+from classification.backend.scoring import SCORING_MODES as SCORINGS
 from classification.calibrations import Calibration, CalibrationOptions, calibration_class
 from classification.errors import ClassificationError, check_int
 from classification.fileio import check_output_path, file_sha256
 from classification.lm import LanguageModel
-from classification.metrics import calibration_metrics, classification_metrics
 from classification.methods import METHODS
-from classification.records import load_direct_outputs, load_records
+from classification.metrics import compute_metrics
+from classification.paths import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, hidden_path, metrics_path
+from classification.records import build_outputs, load_direct_outputs, load_records
 from classification.run.resume import (
-    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, all_finite, files_fingerprint, finished, metrics_path, read_metrics,
-    run_resumable, write_finished,
+    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, files_fingerprint, finished, read_metrics, run_resumable, write_finished,
 )
-from classification.backend.scoring import SCORING_MODES as SCORINGS
+from classification.run.score import check_model_fits, longest_first, make_scorer, stop_at_nonfinite
+from classification.states import save_hidden
 from llama.quantize import QUANTIZE_MODES
 
-__all__ = ["evaluate", "load_model", "metrics_path", "DEFAULT_CKPT_DIR"]
-
-DEFAULT_CKPT_DIR = "checkpoints/smollm2/135M"
-DEFAULT_TOKENIZER_PATH = "checkpoints/smollm2/tokenizer.json"
-MODEL_CHECK_FRACTION = 0.75  # see check_model_fits
+# DEFAULT_CKPT_DIR and DEFAULT_TOKENIZER_PATH (classification.paths) are the scripts' defaults.
+__all__ = ["evaluate", "plan_run", "score_run", "write_run", "RunFlags", "RunPlan", "DEFAULT_CKPT_DIR", "DEFAULT_TOKENIZER_PATH"]
 
 Result = Dict[str, Any]
+Record = Dict[str, Any]
 
 
-def load_model(
-    ckpt_dir: str,
-    tokenizer_path: str,
-    max_seq_len: int,
-    max_batch_size: int,
-    dtype: Optional[str],
-    device: Optional[str],
-    scoring: str,
-    append_eos: bool,
-    verify_checkpoint: Optional[bool] = None,
-    model_parallel_size: Optional[int] = None,
-    quantize: str = "none",
-) -> Tuple[LanguageModel, Any]:
-    """Load the real model and its runtime (``classification.backend.scoring.load_lm``), after checking
-    the files against Meta's ``checklist.chk`` when ``verify_checkpoint`` (None: when there is one)."""
-    for flag, path in (("--ckpt_dir", ckpt_dir), ("--tokenizer_path", tokenizer_path)):
-        if not Path(path).exists():
-            raise ClassificationError(f"{flag} {path} does not exist; run `make setup` or pass {flag}")
-    if verify_checkpoint is not False:
-        from llama.verify import CHECKLIST, VerifyError, verify_checklist
+@dataclass(frozen=True)
+class RunFlags:
+    """The flags of a run as given (those of the evaluate scripts, with their defaults)."""
 
-        if verify_checkpoint and not (Path(ckpt_dir) / CHECKLIST).is_file():
-            raise ClassificationError(f"--verify_checkpoint: {ckpt_dir} has no {CHECKLIST} to verify against")
-        try:
-            verify_checklist(ckpt_dir, show_progress=int(os.environ.get("RANK", "0")) == 0)
-        except VerifyError as e:
-            raise ClassificationError(str(e)) from None
-    if dtype is not None:
-        from llama.runtime import DTYPES
+    ckpt_dir: str = DEFAULT_CKPT_DIR
+    tokenizer_path: str = DEFAULT_TOKENIZER_PATH
+    max_seq_len: int = 2048
+    max_batch_size: int = 16
+    dtype: Optional[str] = None
+    device: Optional[str] = None
+    scoring: str = "fast"
+    completion_end: str = "eos"
+    direct_output_path: Optional[str] = None  # calibrate: the direct run's output
+    content_free: Union[None, str, Sequence[str]] = None
+    calibration: str = "na"
+    domain_premise: Optional[str] = None
+    batch_size: Optional[int] = None
+    max_gen_len: int = 10
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 1  # generate: the sampling seed
+    quantize: str = "none"
+    check_model: bool = True
+    verify_checkpoint: Optional[bool] = None
+    chunk_size: int = CHUNK_SIZE
+    save_every_s: float = SAVE_EVERY_S
+    model_parallel_size: Optional[int] = None
+    save_hidden: bool = False
+    n_anchor: Optional[int] = None
+    knn_k: Optional[int] = None
 
-        if str(dtype).lower() not in DTYPES:
-            raise ClassificationError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    from llama.verify import trained_context
+    def generation(self) -> Dict[str, Any]:
+        return dict(max_gen_len=self.max_gen_len, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
 
-    context, source = trained_context(ckpt_dir)
-    if context is not None and max_seq_len > context:
-        print(f"warning: --max_seq_len {max_seq_len} is above the {context} tokens the model was trained for "
-              f"({source}); longer prompts are extrapolated: pass --max_seq_len {context}", file=sys.stderr)
-    from classification.backend.scoring import load_lm
+    def model(self) -> Dict[str, Any]:
+        """The flags another run with the same model shares (the anchors' run of a calibration)."""
+        names = ("ckpt_dir", "tokenizer_path", "max_seq_len", "max_batch_size", "dtype", "device", "scoring",
+                 "quantize", "chunk_size", "completion_end")
+        return {name: getattr(self, name) for name in names}
 
-    return load_lm(
-        ckpt_dir,
-        tokenizer_path,
-        max_seq_len,
-        max_batch_size,
-        dtype,
-        device,
-        scoring=scoring,
-        append_eos=append_eos,
-        model_parallel_size=model_parallel_size,
-        quantize=quantize,
-    )
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked run: what it reads, what it computes with, what it writes (nothing changes later)."""
+
+    method: str
+    data_path: str
+    output_path: str
+    flags: RunFlags
+    records: List[Record]
+    calibrator: Optional[Calibration]
+    direct_outputs: List[Record]
+    needs_model: bool
+    settings: Dict[str, Any]  # what changes the results, as used (dtype and device included)
+    fingerprint: Dict[str, Any]  # settings + the digests of what is behind the paths
+
+    def finished_metrics(self) -> Optional[Dict[str, Any]]:
+        """The metrics of a finished run with this very fingerprint (and its hidden states), else None."""
+        done = finished(self.output_path, self.fingerprint)
+        if done is None or (self.flags.save_hidden and not Path(hidden_path(self.output_path)).is_file()):
+            return None
+        return done
+
+
+def evaluate(
+    method: str, data_path: str, output_path: str, *, lm: Optional[LanguageModel] = None,
+    runtime: Optional[Any] = None, reuse: bool = False, **flags: Any,
+) -> Optional[Dict[str, Any]]:
+    """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
+
+    ``method``: direct, calibrate, channel or generate.  ``flags``: the fields of
+    :class:`RunFlags`.  For calibrate, ``data_path`` is the direct input file and
+    ``direct_output_path`` the direct run's output, whose ``log_probs`` are re-scored with
+    ``calibration`` (one of :data:`classification.calibrations.CALIBRATIONS`) without a second pass
+    over the test set.  ``lm``/``runtime``: use this language model (and runtime; default: the
+    model's, else a single process) instead of loading ``ckpt_dir``.  ``check_model``: stop when
+    the model predicts the shared demonstration prefix hardly better than uniform.
+    ``verify_checkpoint``: check Meta's ``checklist.chk`` (None: when the checkpoint has one).
+    ``save_hidden`` (direct): also write each record's label-predicting hidden state to
+    ``<output stem>.hidden.npy``, which the anchor calibrations (hidden, lda, knn; ``n_anchor``,
+    ``knn_k``: :mod:`classification.anchors`) read.  Returns the metrics on the main rank, None
+    elsewhere.
+    """
+    start = time.time()
+    runtime = runtime if runtime is not None else getattr(lm, "runtime", None)
+    plan = plan_run(method, data_path, output_path, RunFlags(**flags), lm, runtime)
+    if not plan.needs_model and runtime is None and int(os.environ.get("RANK", "0")) != 0:
+        return None  # no model, so no process group: under torchrun rank 0 alone does the work
+    is_main = runtime is None or runtime.is_main
+    done = plan.finished_metrics() if reuse else None
+    if done is not None:
+        if is_main:
+            print(f"Up to date: {output_path} (accuracy {done['accuracy']:.4f})")
+        return done if is_main else None
+    lm, runtime = _model(plan, lm, runtime)
+    gathered, prefix_nll = score_run(plan, lm, runtime)
+    metrics = write_run(plan, *gathered, runtime, prefix_nll, start) if gathered is not None else None
+    runtime.barrier()
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks
+# Plan: the flags checked once, the settings and fingerprint computed once
 
 
-def _check_flags(
-    method: str, scoring: str, completion_end: str, max_seq_len: int, max_batch_size: int,
-    max_gen_len: int, temperature: float, top_p: float, chunk_size: int,
-) -> None:
+def plan_run(
+    method: str, data_path: str, output_path: str, flags: RunFlags,
+    lm: Optional[LanguageModel] = None, runtime: Optional[Any] = None,
+) -> RunPlan:
+    """Check the flags and inputs (one-line errors, before any model is loaded) and fix what the
+    run computes with: the dtype and device it will use, its settings and fingerprint."""
+    _check_flags(method, flags)
+    records, calibrator, direct_outputs = _read_inputs(method, data_path, flags)
+    check_output_path(output_path, inputs=[data_path] + ([flags.direct_output_path] if calibrator else []))
+    needs_model = calibrator is None or calibrator.needs_model
+    settings = _settings(method, flags, needs_model, lm, runtime)
+    # What is behind the paths, not their names.
+    digests: Dict[str, Any] = {"data_sha256": file_sha256(data_path)}
+    if needs_model:
+        digests.update(model_files=files_fingerprint(flags.ckpt_dir),
+                       tokenizer_files=files_fingerprint(flags.tokenizer_path))
+    if calibrator is not None:
+        assert flags.direct_output_path is not None
+        digests.update(calibration=flags.calibration, direct_output_sha256=file_sha256(flags.direct_output_path))
+    fingerprint = {**settings, **digests, **(calibrator.settings() if calibrator is not None else {})}
+    return RunPlan(method, data_path, output_path, flags, records, calibrator, direct_outputs, needs_model,
+                   settings, fingerprint)
+
+
+def _check_flags(method: str, flags: RunFlags) -> None:
     if method not in METHODS:
         raise ClassificationError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if scoring not in SCORINGS:
-        raise ClassificationError(f"--scoring {scoring!r} is not one of {', '.join(SCORINGS)}")
-    methods.completion_suffix(completion_end)
-    for flag, value in (("--max_seq_len", max_seq_len), ("--max_batch_size", max_batch_size),
-                        ("--max_gen_len", max_gen_len), ("chunk_size", chunk_size)):
+    if flags.scoring not in SCORINGS:
+        raise ClassificationError(f"--scoring {flags.scoring!r} is not one of {', '.join(SCORINGS)}")
+    methods.completion_suffix(flags.completion_end)
+    for flag, value in (("--max_seq_len", flags.max_seq_len), ("--max_batch_size", flags.max_batch_size),
+                        ("--max_gen_len", flags.max_gen_len), ("chunk_size", flags.chunk_size)):
         check_int(flag, value, 1)
+    temperature, top_p = flags.temperature, flags.top_p
     if not isinstance(temperature, (int, float)) or temperature < 0:
         raise ClassificationError(f"--temperature must be 0 (greedy) or more, got {temperature!r}")
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ClassificationError(f"--top_p must be in (0, 1], got {top_p!r}")
+
+
+def _read_inputs(
+    method: str, data_path: str, flags: RunFlags
+) -> Tuple[List[Record], Optional[Calibration], List[Record]]:
+    """(records, the calibration or None, the direct outputs it re-scores)."""
+    options = CalibrationOptions(flags.content_free, flags.domain_premise, flags.batch_size, flags.completion_end,
+                                 flags.n_anchor, flags.knn_k, data_path, flags.direct_output_path)
+    calibration_cls = calibration_class(flags.calibration, options) if method == "calibrate" else None
+    if flags.quantize not in QUANTIZE_MODES:
+        raise ClassificationError(f"--quantize {flags.quantize!r} is not one of {', '.join(QUANTIZE_MODES)}")
+    if flags.save_hidden and method != "direct":
+        raise ClassificationError(f"--save_hidden applies to the direct method, not {method}")
+    records = load_records(data_path, method)
+    if calibration_cls is None:
+        return records, None, []
+    direct_output_path = flags.direct_output_path
+    if not direct_output_path:
+        raise ClassificationError(
+            f"calibration {flags.calibration} needs --direct_output_path (the output of run_evaluate_direct_llama.py "
+            "on --direct_input_path)"
+        )
+    direct_outputs = load_direct_outputs(direct_output_path, records)
+    _check_direct_run(direct_output_path, data_path, flags.completion_end)
+    return records, calibration_cls(options, records), direct_outputs
 
 
 def _check_direct_run(direct_output_path: str, data_path: str, completion_end: str) -> None:
@@ -151,160 +246,89 @@ def _check_direct_run(direct_output_path: str, data_path: str, completion_end: s
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# Scoring and outputs
-
-
-def make_scorer(
-    method: str,
-    lm: Optional[LanguageModel],
-    records: Sequence[Dict[str, Any]],
-    completion_end: str,
-    calibration: Optional[Calibration] = None,
-    direct_outputs: Sequence[Dict[str, Any]] = (),
-    generation: Optional[Dict[str, Any]] = None,
-    save_hidden: bool = False,
-) -> Callable[[List[int]], List[Result]]:
-    """positions -> results for ``method`` (calibrations are prepared here, once); ``save_hidden``:
-    each result also carries its label-predicting hidden state (:func:`classification.backend.hidden.attach_hidden`)."""
-    label_words: List[str] = records[0]["label_words"]
-    if hasattr(lm, "keep_hidden"):
-        # The hidden states come from the scoring pass, not a second one.  Set on every run: one
-        # model object can serve several (seeds, anchors), and states nobody takes would pile up.
-        lm.keep_hidden = save_hidden
-    if calibration is not None:
-        direct_lp = [o["log_probs"] for o in direct_outputs]
-        calibration.prepare(lm, records, direct_lp)
-
-        def calibrated(positions: List[int]) -> List[Result]:
-            out = []
-            for p in positions:
-                result = calibration.apply(p, records[p], direct_lp[p])
-                result["prediction"] = label_words[methods.argmax(result["log_probs"])]
-                result["shortened"] = bool(direct_outputs[p].get("shortened", False))
-                out.append(result)
-            return out
-
-        return calibrated
+def _settings(method: str, flags: RunFlags, needs_model: bool, lm: Any, runtime: Any) -> Dict[str, Any]:
+    """What changes the results: fingerprinted, and written to the metrics."""
+    settings: Dict[str, Any] = {"method": method, "max_seq_len": flags.max_seq_len, "scoring": flags.scoring}
+    if needs_model:
+        settings["dtype"], settings["device"] = precision_used(lm, runtime, flags.dtype, flags.device)
+        settings["quantize"] = flags.quantize
+        if flags.quantize == "int8":  # LLM.int8 picks outlier features per forward pass: batches matter
+            settings["max_batch_size"] = flags.max_batch_size
     if method == "generate":
-        return lambda positions: methods.generate(lm, [records[p] for p in positions], **(generation or {}))
-    score_fn = getattr(methods, method)
-
-    def scored(positions: List[int]) -> List[Result]:
-        chunk = [records[p] for p in positions]
-        results = score_fn(lm, chunk, completion_end)
-        if save_hidden:
-            hidden.attach_hidden(lm, chunk, results, completion_end)
-        return results
-
-    return scored
+        settings.update(flags.generation())
+    else:
+        settings["completion_end"] = flags.completion_end
+    if flags.save_hidden:
+        settings["save_hidden"] = True
+    return settings
 
 
-def check_finite(
-    score: Callable[[List[int]], List[Result]], records: Sequence[Dict[str, Any]], dtype: Optional[str]
-) -> Callable[[List[int]], List[Result]]:
-    """``score`` that stops, before anything is stored, at the first non-finite log-prob."""
-
-    def checked(positions: List[int]) -> List[Result]:
-        results = score(positions)
-        for p, result in zip(positions, results):
-            if not all_finite(result):
-                raise ClassificationError(
-                    f"record {p} (index {records[p]['index']}) got a non-finite log-prob {result.get('log_probs')} "
-                    f"with dtype {dtype}; rerun with --dtype bf16 or --dtype fp32"
-                )
-        return results
-
-    return checked
+# ---------------------------------------------------------------------------------------------
+# Score: load the model unless given, run what the calibration needs, score resumably
 
 
-def precision_used(lm: Any, runtime: Any, dtype: Optional[str], device: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
-    """(dtype, device) as used, e.g. ("bfloat16", "cpu"): the runtime's or the model's when there
-    is one, else what loading would pick for these flags; a model object without weights (a test
-    double) keeps the flags."""
-    if runtime is not None and hasattr(runtime, "dtype") and hasattr(runtime, "device"):
-        return str(runtime.dtype).replace("torch.", ""), str(runtime.device)
-    model = getattr(lm, "model", None)
-    if model is not None:
-        return str(next(model.parameters()).dtype).replace("torch.", ""), str(lm.device)
-    if lm is not None:
-        return dtype, device
-    import torch
-
-    from llama.runtime import resolve_dtype
-
-    try:
-        dev = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ClassificationError(f"--device {device!r} is not one of cpu, cuda (or cuda:N)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ClassificationError(f"--device {device} but torch sees no CUDA device here; use --device cpu")
-    try:
-        return str(resolve_dtype(dtype, dev)).replace("torch.", ""), dev.type
-    except ValueError as e:
-        raise ClassificationError(f"--dtype: {e}") from None
+def _model(plan: RunPlan, lm: Optional[LanguageModel], runtime: Optional[Any]) -> Tuple[Any, Any]:
+    """(model, runtime) for the plan: loaded when none is given and the plan needs one."""
+    flags = plan.flags
+    if lm is None and plan.needs_model:
+        lm = load_lm(flags.ckpt_dir, flags.tokenizer_path, max_seq_len=flags.max_seq_len,
+                     max_batch_size=flags.max_batch_size, dtype=flags.dtype, device=flags.device,
+                     scoring=flags.scoring, completion_end=flags.completion_end, quantize=flags.quantize,
+                     model_parallel_size=flags.model_parallel_size, verify_checkpoint=flags.verify_checkpoint)
+        runtime = getattr(lm, "runtime", None)
+        used = precision_used(lm, runtime, flags.dtype, flags.device)
+        planned = plan.settings["dtype"], plan.settings["device"]
+        if getattr(lm, "model", None) is not None and used != planned:  # the fingerprint says what was used
+            raise RuntimeError(f"the model was loaded as {used}, not as planned {planned}")
+    elif lm is not None and plan.method != "generate" and bool(lm.append_eos) != (flags.completion_end == "eos"):
+        raise ClassificationError(
+            f"--completion_end {flags.completion_end} needs a model built with append_eos={flags.completion_end == 'eos'}"
+        )
+    return lm, runtime if runtime is not None else LocalRuntime()
 
 
-def check_model_fits(lm: Any, records: Sequence[Dict[str, Any]], method: str, check_model: bool) -> Optional[float]:
-    """Give the model the prefix shared by the whole file (it caches it once) and, with
-    ``check_model``, stop when the model predicts that prefix hardly better than uniform.
-
-    A model that belongs to its params and tokenizer predicts its own prompt far better than
-    log V nats per token (SmolLM2-135M on the ag_news demonstrations: about a third of log V;
-    random weights of the same shape: log V or more), while a wrong tokenizer, params that
-    contradict the weights or corrupted weights land near log V.  The threshold is 0.75 log V.
-    """
-    setter = getattr(lm, "set_shared_prefix", None)
-    if setter is None or method not in methods.MODEL_METHODS:
-        return None
-    nll = setter(methods.shared_context(records, method))
-    if check_model and nll is not None:
-        log_v = math.log(lm.tokenizer.n_words)
-        if not nll <= MODEL_CHECK_FRACTION * log_v:
-            raise ClassificationError(
-                f"the model's mean loss on the demonstration prefix is {nll:.2f} nats/token, near uniform "
-                f"(log V = {log_v:.2f}): checkpoint, params and tokenizer do not belong together "
-                "(--check_model False skips this check, e.g. for random weights)"
-            )
-    return nll
+def score_run(plan: RunPlan, lm: Any, runtime: Any) -> Tuple[Optional[Tuple[Dict[int, Result], int]], Optional[float]]:
+    """(({position: result}, number resumed) on the main rank, else None; the prefix's mean loss)."""
+    flags = plan.flags
+    for needed in plan.calibrator.needed_runs() if plan.calibrator is not None else ():
+        # The calibrated run's model and flags; the model was checked by the run that made the inputs.
+        evaluate(needed.method, needed.data_path, needed.output_path, lm=lm, runtime=runtime, reuse=True,
+                 save_hidden=needed.save_hidden, check_model=False, **flags.model())
+        runtime.barrier()
+    prefix_nll = check_model_fits(lm, plan.records, plan.method, flags.check_model)
+    score = make_scorer(plan.method, lm, plan.records, flags.completion_end, plan.calibrator, plan.direct_outputs,
+                        flags.generation(), flags.save_hidden)
+    score = stop_at_nonfinite(score, plan.records, plan.settings.get("dtype"))
+    gathered = run_resumable(score, longest_first(plan.records), plan.output_path, plan.fingerprint, runtime,
+                             flags.chunk_size, plan.method, flags.save_every_s, min_chunk=flags.max_batch_size)
+    return gathered, prefix_nll
 
 
-def build_outputs(records: Sequence[Dict[str, Any]], results: Dict[int, Result], method: str) -> List[Dict[str, Any]]:
-    """One output record per input record, in input order."""
-    outputs = []
-    for pos, rec in enumerate(records):
-        r = results[pos]
-        out = {
-            "index": rec["index"],
-            "ground_truth": rec["ground_truth"],
-            "prediction": r["prediction"],
-            "correct": r["prediction"] == rec["ground_truth"],
-            "log_probs": r.get("log_probs"),
-            "shortened": bool(r.get("shortened", False)),
-        }
-        if method == "generate":
-            out["generation"] = r.get("generation", "")
-        outputs.append(out)
-    return outputs
+# ---------------------------------------------------------------------------------------------
+# Write: outputs, hidden states, metrics
 
 
-def compute_metrics(
-    records: Sequence[Dict[str, Any]], outputs: Sequence[Dict[str, Any]], method: str, settings: Dict[str, Any]
+def write_run(
+    plan: RunPlan, results: Dict[int, Result], n_resumed: int, runtime: Any, prefix_nll: Optional[float],
+    start: float,
 ) -> Dict[str, Any]:
-    """Scores of ``outputs`` plus the inputs' dataset/k/seed and the run's ``settings``."""
-    label_words = records[0]["label_words"]
-    truth = [o["ground_truth"] for o in outputs]
-    metrics = classification_metrics(
-        truth, [o["prediction"] for o in outputs], label_words, none_column=method == "generate"
-    )
-    metrics.update(calibration_metrics([o["log_probs"] for o in outputs], truth, label_words))
-    meta = records[0].get("meta")
-    if isinstance(meta, dict):
-        metrics.update({key: meta.get(key) for key in ("dataset", "k", "seed", "sample_seed")})
-    metrics.update(settings)
-    metrics["n_shortened"] = sum(o["shortened"] for o in outputs)
+    """Write the outputs (+ hidden states) and their metrics; print the summary; return the metrics."""
+    flags, output_path = plan.flags, plan.output_path
+    outputs = build_outputs(plan.records, results, plan.method)
+    run = {key: value for key, value in plan.settings.items() if key != "seed"}  # the inputs' seed is meta's
+    run.update(model=flags.ckpt_dir, tokenizer=flags.tokenizer_path, data_path=plan.data_path,
+               output_path=output_path, n_resumed=n_resumed, dp_size=int(runtime.dp_size), prefix_nll=prefix_nll)
+    if plan.calibrator is not None:
+        run.update(calibration=flags.calibration, direct_output_path=flags.direct_output_path,
+                   **plan.calibrator.summary())
+    if flags.save_hidden:
+        save_hidden(hidden_path(output_path), [results[p] for p in range(len(plan.records))])
+        run["hidden_path"] = hidden_path(output_path)
+    metrics = compute_metrics(plan.records, outputs, plan.method, run)
+    metrics["wall_time_s"] = round(time.time() - start, 3)
+    metrics["fingerprint"] = plan.fingerprint
+    write_finished(output_path, outputs, metrics)
+    report(output_path, plan.method, metrics)
     return metrics
 
 
@@ -318,168 +342,3 @@ def report(output_path: str, method: str, metrics: Dict[str, Any]) -> None:
         print(f"Shortened test texts: {metrics['n_shortened']}")
     print(f"Wrote {output_path} and {metrics_path(output_path)}")
 
-
-# ---------------------------------------------------------------------------------------------
-# The loop
-
-
-def evaluate(
-    method: str,
-    data_path: str,
-    output_path: str,
-    ckpt_dir: str = DEFAULT_CKPT_DIR,
-    tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
-    max_seq_len: int = 2048,
-    max_batch_size: int = 16,
-    dtype: Optional[str] = None,
-    device: Optional[str] = None,
-    scoring: str = "fast",
-    completion_end: str = "eos",
-    direct_output_path: Optional[str] = None,
-    content_free: Union[None, str, Sequence[str]] = None,
-    calibration: str = "na",
-    domain_premise: Optional[str] = None,
-    batch_size: Optional[int] = None,
-    max_gen_len: int = 10,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int = 1,
-    quantize: str = "none",
-    check_model: bool = True,
-    verify_checkpoint: Optional[bool] = None,
-    chunk_size: int = CHUNK_SIZE,
-    save_every_s: float = SAVE_EVERY_S,
-    lm: Optional[LanguageModel] = None,
-    runtime: Optional[Any] = None,
-    reuse: bool = False,
-    model_parallel_size: Optional[int] = None,
-    save_hidden: bool = False,
-    n_anchor: Optional[int] = None,
-    knn_k: Optional[int] = None,
-) -> Optional[Dict[str, Any]]:
-    """Classify the records of ``data_path`` with ``method`` and write ``output_path`` + metrics.
-
-    ``method``: direct, calibrate, channel or generate.  For calibrate, ``data_path`` is the
-    direct input file and ``direct_output_path`` the direct run's output, whose ``log_probs``
-    are re-scored with ``calibration`` (one of :data:`classification.calibrations.CALIBRATIONS`)
-    without a second pass over the test set.  ``lm``/``runtime``: use this language model (and
-    runtime; default single process) instead of loading ``ckpt_dir``.  Returns the metrics on
-    the main rank, None elsewhere.  ``check_model``: stop when the model predicts the shared
-    demonstration prefix hardly better than uniform (:func:`check_model_fits`).
-    ``verify_checkpoint``: check Meta's ``checklist.chk`` (None: when the checkpoint has one).
-    ``save_hidden`` (direct): also write each record's label-predicting hidden state to
-    ``<output stem>.hidden.npy`` (:mod:`classification.backend.hidden`), which the anchor calibrations
-    (hidden, lda, knn; ``n_anchor``, ``knn_k``: :mod:`classification.anchors`) read.
-    """
-    start = time.time()
-    _check_flags(
-        method, scoring, completion_end, max_seq_len, max_batch_size, max_gen_len, temperature, top_p, chunk_size
-    )
-    direct_run = dict(data_path=data_path, direct_output_path=direct_output_path, ckpt_dir=ckpt_dir,
-                      tokenizer_path=tokenizer_path, max_seq_len=max_seq_len, max_batch_size=max_batch_size,
-                      dtype=dtype, device=device, scoring=scoring, quantize=quantize, chunk_size=chunk_size)
-    options = CalibrationOptions(content_free, domain_premise, batch_size, completion_end, n_anchor, knn_k, direct_run)
-    calibration_cls = calibration_class(calibration, options) if method == "calibrate" else None
-    if quantize not in QUANTIZE_MODES:
-        raise ClassificationError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE_MODES)}")
-    if save_hidden and method != "direct":
-        raise ClassificationError(f"--save_hidden applies to the direct method, not {method}")
-    records = load_records(data_path, method)
-    calibrator: Optional[Calibration] = None
-    direct_outputs: List[Dict[str, Any]] = []
-    inputs = [data_path]
-    if calibration_cls is not None:
-        if not direct_output_path:
-            raise ClassificationError(
-                f"calibration {calibration} needs --direct_output_path (the output of run_evaluate_direct_llama.py "
-                "on --direct_input_path)"
-            )
-        direct_outputs = load_direct_outputs(direct_output_path, records)
-        _check_direct_run(direct_output_path, data_path, completion_end)
-        calibrator = calibration_cls(options, records)
-        inputs.append(direct_output_path)
-    check_output_path(output_path, inputs=inputs)
-
-    needs_model = calibrator is None or calibrator.needs_model
-    if not needs_model and runtime is None and int(os.environ.get("RANK", "0")) != 0:
-        return None  # no model, so no process group: under torchrun rank 0 alone does the work
-
-    settings: Dict[str, Any] = {"method": method, "max_seq_len": max_seq_len, "scoring": scoring}
-    if needs_model:
-        settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
-        settings["quantize"] = quantize
-        if quantize == "int8":  # LLM.int8 picks outlier features per forward pass: batches matter
-            settings["max_batch_size"] = max_batch_size
-    generation = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, seed=seed)
-    if method == "generate":
-        settings.update(generation)
-    else:
-        settings["completion_end"] = completion_end
-    if save_hidden:
-        settings["save_hidden"] = True
-
-    # What is behind the paths, not their names; hashed once (settings may change after loading).
-    digests: Dict[str, Any] = {"data_sha256": file_sha256(data_path)}
-    if needs_model:
-        digests.update(model_files=files_fingerprint(ckpt_dir), tokenizer_files=files_fingerprint(tokenizer_path))
-    if calibrator is not None:
-        assert direct_output_path is not None
-        digests.update(calibration=calibration, direct_output_sha256=file_sha256(direct_output_path))
-
-    def fingerprint_of(settings: Dict[str, Any]) -> Dict[str, Any]:
-        return {**settings, **digests, **(calibrator.settings() if calibrator is not None else {})}
-
-    fingerprint = fingerprint_of(settings)
-    if reuse:
-        done = finished(output_path, fingerprint)
-        if done is not None and (not save_hidden or Path(hidden.hidden_path(output_path)).is_file()):
-            if runtime is None or runtime.is_main:
-                print(f"Up to date: {output_path} (accuracy {done['accuracy']:.4f})")
-            return done if runtime is None or runtime.is_main else None
-
-    if lm is None and needs_model:
-        lm, runtime = load_model(
-            ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring,
-            append_eos=completion_end == "eos", verify_checkpoint=verify_checkpoint,
-            model_parallel_size=model_parallel_size,
-            quantize=quantize,
-        )
-        settings["dtype"], settings["device"] = precision_used(lm, runtime, dtype, device)
-        fingerprint = fingerprint_of(settings)
-    elif lm is not None and method != "generate" and bool(lm.append_eos) != (completion_end == "eos"):
-        raise ClassificationError(
-            f"--completion_end {completion_end} needs a model built with append_eos={completion_end == 'eos'}"
-        )
-    runtime = runtime if runtime is not None else LocalRuntime()
-    prefix_nll = check_model_fits(lm, records, method, check_model)
-
-    if calibrator is not None:
-        calibrator.runtime = runtime
-    score = make_scorer(method, lm, records, completion_end, calibrator, direct_outputs, generation, save_hidden)
-    score = check_finite(score, records, settings.get("dtype"))
-    # Longest texts first (even batches, early failure on memory); ties in record order.
-    order = sorted(range(len(records)), key=lambda p: (-len(records[p]["text"]), p))
-    gathered = run_resumable(
-        score, order, output_path, fingerprint, runtime, chunk_size, method, save_every_s, min_chunk=max_batch_size
-    )
-    metrics: Optional[Dict[str, Any]] = None
-    if gathered is not None:
-        results, n_resumed = gathered
-        outputs = build_outputs(records, results, method)
-        settings.pop("seed", None)
-        settings.update(
-            model=ckpt_dir, tokenizer=tokenizer_path, data_path=data_path, output_path=output_path,
-            n_resumed=n_resumed, dp_size=int(runtime.dp_size), prefix_nll=prefix_nll,
-        )
-        if calibrator is not None:
-            settings.update(calibration=calibration, direct_output_path=direct_output_path, **calibrator.summary())
-        if save_hidden:
-            hidden.save_hidden(hidden.hidden_path(output_path), [results[p] for p in range(len(records))])
-            settings["hidden_path"] = hidden.hidden_path(output_path)
-        metrics = compute_metrics(records, outputs, method, settings)
-        metrics["wall_time_s"] = round(time.time() - start, 3)
-        metrics["fingerprint"] = fingerprint
-        write_finished(output_path, outputs, metrics)
-        report(output_path, method, metrics)
-    runtime.barrier()
-    return metrics

@@ -23,16 +23,15 @@ import fire
 import torch
 
 from bench_scoring import DEFAULT_DATA, _run
-from classification.cli import cli
-from classification.inputs.ag_news import build_records, load_ag_news
-from classification.errors import ClassificationError
-from classification.run.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
+from classification.backend.loader import load_lm
 from classification.backend.scoring import LlamaLM
-from llama.checkpoint import load_model
+from classification.cli import cli
+from classification.errors import ClassificationError
+from classification.inputs.ag_news import build_records, load_ag_news
+from classification.paths import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
 from llama.model import ModelArgs, Transformer
 from llama.quantize import DEFAULT_THRESHOLD, calibration_tokens, planned_weight_bytes, quantize_model, weight_bytes
 from llama.runtime import DTYPES
-from llama.tokenizer import load_tokenizer
 
 SEVEN_B = Path(__file__).resolve().parent / "llama-7b-params.json"
 
@@ -103,9 +102,9 @@ def main(
         raise ClassificationError(f"--variants: unknown {bad[0]!r}; use fp32, bf16, fp16, int8, int8w, int8-nocal or int8-nothr")
     if threads:
         torch.set_num_threads(threads)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tok = load_tokenizer(tokenizer_path)
-    base = load_model(ckpt_dir, dev, torch.float32, vocab_size=tok.n_words)
+    loaded = load_lm(ckpt_dir, tokenizer_path, dtype="fp32", device=device)  # every variant starts from fp32
+    base, tok, dev = loaded.model, loaded.tokenizer, loaded.device
+    del loaded
     models = {name: variant_model(base, name, dev, threshold, calibration_tokens(tok)) for name in names}
     del base
     train, test = load_ag_news(data_dir)

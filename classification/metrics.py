@@ -12,6 +12,9 @@ probabilities (generate) have ``ece`` None.
 
 ``accuracy_ci95`` is the 95 % Wilson score interval of the accuracy (k correct of n):
 ``(p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)`` with p = k/n and z = 1.959964.
+
+:func:`compute_metrics` is all of it for a run's outputs (the ``*.metrics.json`` dict);
+:func:`mean_std` and :func:`fmt_mean_std` summarize several seeds.
 """
 
 from __future__ import annotations

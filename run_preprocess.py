@@ -1,9 +1,9 @@
-"""Write direct or channel input records for any text-classification dataset (classification.datasets)."""
+"""Write direct or channel input records for any text-classification dataset (classification.inputs.datasets)."""
 
 import fire
 
 from classification.cli import cli
-from classification.datasets import preprocess_dataset
+from classification.run.preprocess import preprocess_dataset
 
 
 @cli

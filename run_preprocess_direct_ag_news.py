@@ -3,7 +3,7 @@
 import fire
 
 from classification.cli import cli
-from classification.data import preprocess
+from classification.run.preprocess import preprocess
 
 
 @cli

@@ -1,9 +1,9 @@
-"""Turn metrics/output files into a Markdown report with PNG plots (classification.report)."""
+"""Turn metrics/output files into a Markdown report with PNG plots (classification.report.markdown)."""
 
 import fire
 
 from classification.cli import cli
-from classification.report import build_report
+from classification.report.markdown import build_report
 
 
 @cli

@@ -1,10 +1,10 @@
-"""Run methods over several demonstration seeds: per-seed outputs and mean ± std (classification.seeds)."""
+"""Run methods over several demonstration seeds: per-seed outputs and mean ± std (classification.run.seeds)."""
 
 import fire
 
 from classification.cli import cli
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
-from classification.seeds import SEED_METHODS, run_seeds
+from classification.run.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
+from classification.run.seeds import SEED_METHODS, run_seeds
 
 
 @cli

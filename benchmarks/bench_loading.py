@@ -27,9 +27,8 @@ import fire
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.runtime import resolve_dtype, setup_runtime  # noqa: E402
+from llama.model import ModelArgs, Transformer
+from llama.runtime import resolve_dtype, setup_runtime
 
 MiB = 2**20
 

@@ -22,21 +22,19 @@ from typing import Dict, List, Optional
 import fire
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_scoring import DEFAULT_DATA, _run  # noqa: E402
-from classification.cli import cli  # noqa: E402
-from classification.data import build_records, load_ag_news  # noqa: E402
-from classification.errors import ClassificationError  # noqa: E402
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # noqa: E402
-from classification.scoring import LlamaLM  # noqa: E402
-from llama.checkpoint import load_model  # noqa: E402
-from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.quantize import (  # noqa: E402
+from bench_scoring import DEFAULT_DATA, _run
+from classification.backend.loader import load_lm
+from classification.backend.scoring import LlamaLM
+from classification.cli import cli
+from classification.errors import ClassificationError
+from classification.inputs.ag_news import build_records, load_ag_news
+from classification.paths import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
+from llama.model import ModelArgs, Transformer
+from llama.quantize import (
     DEFAULT_THRESHOLD, calibration_tokens, cpu_int8_features, detect_int8_kernel, planned_weight_bytes, quantize_model,
     weight_bytes,
 )
-from llama.runtime import DTYPES  # noqa: E402
-from llama.tokenizer import load_tokenizer  # noqa: E402
+from llama.runtime import DTYPES
 
 SEVEN_B = Path(__file__).resolve().parent / "llama-7b-params.json"
 
@@ -111,9 +109,9 @@ def main(
         raise ClassificationError(f"--variants: unknown {bad[0]!r}; use one of {', '.join(list(DTYPES) + list(int8s))}")
     if threads:
         torch.set_num_threads(threads)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tok = load_tokenizer(tokenizer_path)
-    base = load_model(ckpt_dir, dev, torch.float32, vocab_size=tok.n_words)
+    loaded = load_lm(ckpt_dir, tokenizer_path, dtype="fp32", device=device)  # every variant starts from fp32
+    base, tok, dev = loaded.model, loaded.tokenizer, loaded.device
+    del loaded
     models = {name: variant_model(base, name, dev, threshold, calibration_tokens(tok)) for name in names}
     del base
     train, test = load_ag_news(data_dir)

@@ -12,19 +12,17 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import fire
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from classification import methods  # noqa: E402
-from classification.datasets import load_dataset  # noqa: E402
-from classification.hidden import text_embeddings  # noqa: E402
-from classification.retrieval import build_records  # noqa: E402
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, load_model  # noqa: E402
-from classification.scoring import LlamaLM  # noqa: E402
+from classification import methods
+from classification.backend.loader import load_lm
+from classification.backend.scoring import LlamaLM
+from classification.inputs.datasets import load_dataset
+from classification.inputs.retrieval import records_and_anchors
+from classification.paths import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news"
 
@@ -43,15 +41,15 @@ def main(data_dir: str = str(DEFAULT_DATA), k: int = 1, n_test: int = 0, n_embed
     """
     data = load_dataset(preset="ag_news", data_dir=data_dir)
     start = time.time()
-    records, _ = build_records(data, "direct", None, k, 1, bool(n_test), n_test or 16, 0, "bm25")
+    records, _ = records_and_anchors(data, "direct", None, k, 1, bool(n_test), n_test or 16, 0, "bm25")
     print(f"bm25 records: {len(records)} test examples x {len(data.train)} train, k={k}: "
           f"{time.time() - start:.1f} s")
     if not (n_embed or n_score):
         return
-    lm, _ = load_model(ckpt_dir, tokenizer_path, 2048, 16, None, None, "fast", True)
+    lm = load_lm(ckpt_dir, tokenizer_path)
     if n_embed:
         start = time.time()
-        text_embeddings(lm, [ex.text for ex in data.train[:n_embed]])
+        lm.text_embeddings([ex.text for ex in data.train[:n_embed]])
         rate = n_embed / (time.time() - start)
         total = len(data.train) + len(data.test)
         print(f"knn embeddings: {rate:.1f} texts/s; train + test ({total}) would take {total / rate / 60:.1f} min")

@@ -21,17 +21,16 @@ from typing import Dict, List, Optional
 import fire
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from classification import methods as icl  # noqa: E402
-from classification.cli import cli  # noqa: E402
-from classification.data import build_records, load_ag_news  # noqa: E402
-from classification.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH  # noqa: E402
-from classification.scoring import LlamaLM  # noqa: E402
-from llama.checkpoint import load_model  # noqa: E402
-from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.quantize import calibration_tokens, check_mode, quantize_model, weight_bytes  # noqa: E402
-from llama.runtime import resolve_dtype  # noqa: E402
-from llama.tokenizer import load_tokenizer  # noqa: E402
+from classification import methods as icl
+from classification.backend.loader import load_lm
+from classification.backend.scoring import LlamaLM
+from classification.cli import cli
+from classification.inputs.ag_news import build_records, load_ag_news
+from classification.paths import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
+from llama.model import ModelArgs, Transformer
+from llama.quantize import calibration_tokens, check_mode, quantize_model, weight_bytes
+from llama.runtime import resolve_dtype
+from llama.tokenizer import load_tokenizer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news"
 
@@ -121,16 +120,17 @@ def main(
         quantize: none, int8 or int8w (llama.quantize; benchmarks/bench_quantize.py compares them).
     """
     check_mode(quantize)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dt = resolve_dtype(dtype, dev)
-    tok = load_tokenizer(tokenizer_path)
-    if random_init:
+    if random_init:  # random weights of a shape: no checkpoint to load
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dt = resolve_dtype(dtype, dev)
+        tok = load_tokenizer(tokenizer_path)
         model = random_model(random_init, tok.n_words, dev, dt, max_seq_len)
+        model = quantize_model(model, quantize, dev, calibration=calibration_tokens(tok))
         model_name = f"random init {random_init}"
     else:
-        model = load_model(ckpt_dir, dev, dt, max_seq_len=max_seq_len, vocab_size=tok.n_words)
-        model_name = ckpt_dir
-    model = quantize_model(model, quantize, dev, calibration=calibration_tokens(tok))
+        lm = load_lm(ckpt_dir, tokenizer_path, max_seq_len=max_seq_len, max_batch_size=max_batch_size, dtype=dtype,
+                     device=device, quantize=quantize)
+        model, tok, dev, dt, model_name = lm.model, lm.tokenizer, lm.device, lm.runtime.dtype, ckpt_dir
     train, test = load_ag_news(data_dir)
     sample = n_examples < len(test)
     records = {m: build_records(m, train, test, k=k, seed=seed, sample=sample, n_sample=n_examples)

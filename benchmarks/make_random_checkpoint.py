@@ -11,7 +11,6 @@ memory and speed at scale; the scores of such a model are meaningless.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,9 +18,8 @@ import fire
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.runtime import resolve_dtype  # noqa: E402
+from llama.model import ModelArgs, Transformer
+from llama.runtime import resolve_dtype
 
 
 def main(params_path: str, out_dir: str, vocab_size: int = 49152, dtype: str = "bf16", seed: int = 0) -> None:

@@ -1,11 +1,12 @@
 """Classifiers from the direct pass: hidden-state and kNN calibration on labeled anchors.
 
 Both re-classify a direct run from what it saved with ``--save_hidden`` (the final hidden state at
-the position that predicts the label, :mod:`classification.hidden`) and the same states of
+the position that predicts the label, :mod:`classification.backend.hidden`) and the same states of
 *anchors*: m labeled training examples per class, never demonstrations, written by the
 preprocess scripts with ``--n_anchor`` (``<inputs stem>.anchors.json``, the test set's prompt).
 The anchors are scored once by an ordinary direct run (``<direct output stem>.anchors.json`` +
-its ``.hidden.npy``), so they are cached and resumable like any run.
+its ``.hidden.npy``), so they are cached and resumable like any run: the calibration declares
+that run (:meth:`classification.calibrations.Calibration.needed_runs`) and the runner runs it.
 
 - ``hidden`` -- Hidden Calibration (Cho et al., NAACL 2025): the centroid of each class's anchor
   states; the prediction is the nearest centroid (Euclidean).  ``log_probs`` = log-softmax of
@@ -24,8 +25,8 @@ its ``.hidden.npy``), so they are cached and resumable like any run.
   (votes + 1) / (knn_k + C).
 
 :class:`AnchorCalibration` is what the registered calibrations of :mod:`classification.calibrations`
-call: ``check`` (one-line errors before any model is loaded), ``prepare`` (score the anchors, fit)
-and ``apply`` (one record's log-probs).
+call: ``check`` (one-line errors before any model is loaded), ``prepare`` (fit on the scored
+anchors) and ``apply`` (one record's log-probs).
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ import numpy as np
 
 from classification.errors import ClassificationError, check_int
 from classification.fileio import file_sha256
-from classification.hidden import hidden_path, load_hidden, next_token_log_probs
+from classification.paths import anchors_path, hidden_path
 from classification.records import load_records
-from classification.retrieval import anchors_path
+from classification.states import load_hidden
 
 NAMES = ("hidden", "lda", "knn")  # registered in classification.calibrations
 SHRINKAGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -180,7 +181,7 @@ class AnchorCalibration:
                 f"--calibration {self.name} needs anchor records {self.anchor_inputs}; preprocess with --n_anchor M "
                 "(M labeled training examples per class)"
             )
-        self.anchor_outputs = str(Path(direct_output_path).with_suffix(".anchors.json"))
+        self.anchor_outputs = anchors_path(direct_output_path)
         self.anchor_records = load_records(self.anchor_inputs, "direct")
         words = self.anchor_records[0]["label_words"]
         if label_words is not None and list(words) != list(label_words):
@@ -208,15 +209,10 @@ class AnchorCalibration:
             out["knn_k"] = self.knn_k
         return out
 
-    def prepare(self, lm: Any, runtime: Any, direct_settings: Dict[str, Any]) -> None:
-        """Score the anchors (a cached direct run with --save_hidden), then fit on them."""
-        from classification.runner import evaluate
-
+    def prepare(self, lm: Any) -> None:
+        """Fit on the anchors' hidden states (saved by the direct run of ``anchor_inputs`` into
+        ``anchor_outputs``, which has to be run first); knn also takes ``lm``'s output head."""
         anchor_hidden = hidden_path(self.anchor_outputs)
-        # The direct run checked the model already.
-        evaluate("direct", self.anchor_inputs, self.anchor_outputs, lm=lm, runtime=runtime, save_hidden=True,
-                 check_model=False, reuse=Path(anchor_hidden).is_file(), **direct_settings)
-        runtime.barrier()
         states = load_hidden(anchor_hidden, len(self.anchor_records), f"anchors {self.anchor_outputs}",
                              "delete it to score the anchors again")[self.keep]
         if states.shape[1] != self.test_hidden.shape[1]:
@@ -230,9 +226,9 @@ class AnchorCalibration:
             self.fitted = model.fit(states, self.labels, self.n_classes)
             self.log_probs = _log_softmax(self.fitted.scores(self.test_hidden))
         else:
-            knn = KnnVote(self.knn_k).fit(next_token_log_probs(lm, states), self.labels, self.n_classes)
+            knn = KnnVote(self.knn_k).fit(lm.next_token_log_probs(states), self.labels, self.n_classes)
             # Chunks: a (rows, vocab) distribution per test record is large for a whole test split.
-            parts = [knn.scores(next_token_log_probs(lm, self.test_hidden[i : i + 256]))
+            parts = [knn.scores(lm.next_token_log_probs(self.test_hidden[i : i + 256]))
                      for i in range(0, len(self.test_hidden), 256)]
             self.log_probs = _log_softmax(np.concatenate(parts))
 

@@ -2,6 +2,8 @@
 
 A calibration is built from the calibration flags and the input records (checking its flags),
 ``prepare``-d once with the model and every direct log-prob, then ``apply``-ed to each record.
+A calibration that needs another run first (the anchors' direct run) declares it in
+``needed_runs``; the runner runs it before ``prepare``, so no calibration runs anything itself.
 Adding one means writing one class here and decorating it with :func:`register`; the runner, the
 fingerprint, the metrics and ``run_seeds --methods`` pick it up from :data:`CALIBRATIONS`.
 The math lives in :mod:`classification.methods` (hidden, lda, knn: :mod:`classification.anchors`).
@@ -29,9 +31,21 @@ class CalibrationOptions:
     completion_end: str = "eos"
     n_anchor: Optional[int] = None
     knn_k: Optional[int] = None
-    # Set by the runner, not a flag: the direct run's input/output paths and model flags (the
-    # anchor calibrations score their anchors as the direct run scored the test set).
-    direct_run: Optional[Dict[str, Any]] = None
+    # Not flags: the direct run's input and output files (the anchor calibrations read what the
+    # direct run saved beside them).
+    direct_input_path: Optional[str] = None
+    direct_output_path: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A run a calibration needs before ``prepare``: ``method`` on ``data_path`` into ``output_path``,
+    scored with the calibrated run's model and flags (reused when it is finished already)."""
+
+    method: str
+    data_path: str
+    output_path: str
+    save_hidden: bool = False
 
 
 class Calibration:
@@ -40,7 +54,8 @@ class Calibration:
     name: ClassVar[str] = ""
     flags: ClassVar[Tuple[str, ...]] = ()  # the CalibrationOptions fields it reads (others must be None)
     needs_model: ClassVar[bool] = True
-    runtime: Any = None  # the runner's runtime, set before prepare
+    # Whether it reads files a direct run saved (anchors, hidden states): not for records in memory.
+    needs_direct_files: ClassVar[bool] = False
 
     def __init__(self, options: CalibrationOptions, records: Sequence[Record]) -> None:
         self.options = options
@@ -53,6 +68,10 @@ class Calibration:
         """(what, path) of the files it reads besides the direct run's inputs and outputs (the
         run must not write over them)."""
         return []
+
+    def needed_runs(self) -> Tuple[RunRequest, ...]:
+        """Runs whose files ``prepare`` reads; the runner runs them first."""
+        return ()
 
     def prepare(self, lm: Optional[LanguageModel], records: Sequence[Record], direct_log_probs: Sequence[Sequence[float]]) -> None:
         """Work shared by all records (content-free scores, batch means, ...)."""
@@ -213,13 +232,13 @@ class _Anchored(Calibration):
     (``--save_hidden``; :class:`classification.anchors.AnchorCalibration` does the work)."""
 
     flags = ("n_anchor",)
+    needs_direct_files = True
 
     def __init__(self, options: CalibrationOptions, records: Sequence[Record]) -> None:
         super().__init__(options, records)
         knn_k = anchors.DEFAULT_KNN_K if options.knn_k is None else options.knn_k
-        self.run = dict(options.direct_run or {})
         self.anchored = anchors.AnchorCalibration(self.name, options.n_anchor, knn_k)
-        paths = self.run.pop("data_path", None), self.run.pop("direct_output_path", None)
+        paths = options.direct_input_path, options.direct_output_path
         if None in paths:
             raise ClassificationError(f"--calibration {self.name} needs the direct run's input and output paths")
         self.fingerprint = self.anchored.check(*paths, len(records), records[0]["label_words"])
@@ -233,8 +252,12 @@ class _Anchored(Calibration):
                 ("the scored anchors", a.anchor_outputs), ("the scored anchors' hidden states",
                                                            anchors.hidden_path(a.anchor_outputs))]
 
+    def needed_runs(self) -> Tuple[RunRequest, ...]:
+        # The anchors scored as the direct run scored the test set, with their hidden states.
+        return (RunRequest("direct", self.anchored.anchor_inputs, self.anchored.anchor_outputs, save_hidden=True),)
+
     def prepare(self, lm, records, direct_log_probs) -> None:
-        self.anchored.prepare(lm, self.runtime, dict(self.run, completion_end=self.options.completion_end))
+        self.anchored.prepare(lm)
 
     def apply(self, pos, record, direct_log_probs) -> Dict[str, Any]:
         return {"log_probs": self.anchored.apply(pos)}

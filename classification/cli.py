@@ -8,7 +8,7 @@ import sys
 from typing import Any, Callable, List, TypeVar
 
 from classification.errors import ClassificationError
-from llama.checkpoint import CheckpointError
+from llama.errors import CheckpointError
 from llama.tokenizer import TokenizerError
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from classification.errors import ClassificationError, writing
 from llama.verify import file_hash
@@ -78,3 +79,39 @@ def check_output_path(path: str, flag: str = "--output_path", inputs: Sequence[s
 def file_sha256(path: str) -> str:
     """sha256 of a whole file."""
     return file_hash(path, "sha256")
+
+
+# Files up to this size are hashed whole; larger ones (weights) by size, mtime and their ends.
+WHOLE_HASH_BYTES = 64 << 20
+END_BYTES = 1 << 20
+
+
+def file_digest(path: str) -> Dict[str, Any]:
+    """What identifies a file's content cheaply: its sha256, or for a large file its size, mtime
+    and a hash of its first and last MiB (so a file rewritten in place with the same size fails)."""
+    st = os.stat(path)
+    if st.st_size <= WHOLE_HASH_BYTES:
+        return {"sha256": file_sha256(path)}
+    h = hashlib.sha256()  # over two reads, so not file_sha256
+    with open(path, "rb") as f:
+        h.update(f.read(END_BYTES))
+        f.seek(-END_BYTES, os.SEEK_END)
+        h.update(f.read(END_BYTES))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ends_sha256": h.hexdigest()}
+
+
+def files_fingerprint(path: str) -> Dict[str, Any]:
+    """:func:`file_digest` of a file, or of every file in a folder (by name); a missing path is
+    recorded as missing (a model given as an object, in tests)."""
+    p = Path(path)
+    if p.is_file():
+        return file_digest(str(p))
+    if p.is_dir():
+        return {f.name: file_digest(str(f)) for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")}
+    return {"missing": str(path)}
+
+
+def files_digest(paths: Sequence[str]) -> str:
+    """One sha256 over the :func:`files_fingerprint` of each path (e.g. a model and its tokenizer)."""
+    prints = json.dumps([files_fingerprint(p) for p in paths], sort_keys=True)
+    return hashlib.sha256(prints.encode()).hexdigest()

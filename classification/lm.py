@@ -6,7 +6,10 @@ language model for log p(continuation | context).  Tests use a fake model with t
 
 from __future__ import annotations
 
-from typing import List, Protocol, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Protocol, Sequence, Tuple, Union
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class TextTokenizer(Protocol):
@@ -48,4 +51,22 @@ class LanguageModel(Protocol):
 
         ``seed``: one per context makes each sample independent of how contexts are batched.
         """
+        ...
+
+
+class HiddenStateModel(LanguageModel, Protocol):
+    """A language model that also shows its hidden states (``--save_hidden``, the anchor
+    calibrations, ``--demos knn``): :class:`classification.backend.scoring.LlamaLM` and the test double."""
+
+    def context_hidden(self, contexts: Sequence[str]) -> "np.ndarray":
+        """(n, dim) float32: the final-normed hidden state at the last token of each context
+        (the position whose next-token distribution scores the label)."""
+        ...
+
+    def text_embeddings(self, texts: Sequence[str]) -> "np.ndarray":
+        """(n, dim) float32: each text's hidden states (the text alone) mean-pooled."""
+        ...
+
+    def next_token_log_probs(self, hidden: "np.ndarray") -> "np.ndarray":
+        """(n, vocab) float32: the output head's log-softmax applied to final-normed hidden states."""
         ...

@@ -27,6 +27,7 @@ was built with ``append_eos``).  Direct and channel differ only in their templat
   - ``batch_logmean``: the same with the mean of the log-probs in place of the log of the mean
                probability (what ``batch`` computed before it followed the paper).
 - generate:  greedy continuation of the direct prompt, parsed back to a label word
+             (:func:`generate`)
 
 Test texts too long for ``lm.max_seq_len`` are shortened token-wise (:func:`fit_text`).
 """
@@ -187,6 +188,17 @@ def direct(lm: LanguageModel, records: Sequence[Record], completion_end: str = "
 def channel(lm: LanguageModel, records: Sequence[Record], completion_end: str = "eos") -> List[Result]:
     """Channel: log p(" " + text | demonstrations + "Category: label word\\nArticle:") per label."""
     return score_labels(lm, records, completion_end)
+
+
+def record_contexts(lm: LanguageModel, records: Sequence[Record], completion_end: str = "eos") -> List[str]:
+    """Each record's direct context as scored (test text shortened to fit, as the direct method does)."""
+    suffix = completion_suffix(completion_end)
+    contexts = []
+    for pos, rec in enumerate(records):
+        needed = _loglikelihood_needed(lm, rec, suffix)
+        text, _ = fit_text(lm, rec["text"], needed, f"record {pos}'s prompt")
+        contexts.append(request(rec, text, rec["label_words"][0], suffix)[0])
+    return contexts
 
 
 def content_free_probs(

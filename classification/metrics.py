@@ -12,12 +12,16 @@ probabilities (generate) have ``ece`` None.
 
 ``accuracy_ci95`` is the 95 % Wilson score interval of the accuracy (k correct of n):
 ``(p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)`` with p = k/n and z = 1.959964.
+
+:func:`compute_metrics` is all of it for a run's outputs (the ``*.metrics.json`` dict);
+:func:`mean_std` and :func:`fmt_mean_std` summarize several seeds.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+import statistics
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from classification.methods import softmax
 
@@ -139,3 +143,37 @@ def calibration_metrics(
     col = {label: i for i, label in enumerate(labels)}
     result = reliability(log_probs, [col[t] for t in ground_truth])  # type: ignore[arg-type]
     return {"ece": result["ece"], "reliability": result["bins"]}
+
+
+def compute_metrics(
+    records: Sequence[Dict[str, Any]], outputs: Sequence[Dict[str, Any]], method: str,
+    settings: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Scores of ``outputs`` (one per record, as ``outputs_*.json`` holds them) plus the inputs'
+    dataset/k/seed and the run's ``settings``: the dict ``<output stem>.metrics.json`` holds."""
+    label_words = records[0]["label_words"]
+    truth = [o["ground_truth"] for o in outputs]
+    metrics = classification_metrics(
+        truth, [o["prediction"] for o in outputs], label_words, none_column=method == "generate"
+    )
+    metrics.update(calibration_metrics([o["log_probs"] for o in outputs], truth, label_words))
+    meta = records[0].get("meta")
+    if isinstance(meta, dict):
+        metrics.update({key: meta.get(key) for key in ("dataset", "k", "seed", "sample_seed")})
+        # Further settings of the inputs, where recorded (the report groups runs by them).
+        metrics.update({key: meta[key] for key in ("demos", "demo_pool", "template") if key in meta})
+    metrics.update(settings or {})
+    metrics["n_shortened"] = sum(o["shortened"] for o in outputs)
+    return metrics
+
+
+def mean_std(values: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Mean and sample standard deviation (n - 1; 0 for one value) of the values that are not None."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return {"mean": None, "std": None}
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
+
+
+def fmt_mean_std(stat: Dict[str, Optional[float]]) -> str:
+    return "-" if stat["mean"] is None else f"{stat['mean']:.4f} ± {stat['std']:.4f}"

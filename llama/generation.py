@@ -29,7 +29,7 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 
 @torch.no_grad()
-def generate(
+def generate_tokens(
     model: Transformer,
     tokenizer,
     prompt_tokens: List[List[int]],

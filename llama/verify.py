@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
 
+from llama.tokenizer import gguf_field, open_gguf
+
 if TYPE_CHECKING:  # torch is imported only where tensors are checked (preprocessing never needs it)
     from torch import Tensor
 
@@ -137,8 +139,6 @@ def trained_context(path: str | Path) -> Tuple[Optional[int], str]:
         return (int(value), str(config)) if isinstance(value, int) else (None, "")
     gguf_files = [p] if p.suffix == ".gguf" else sorted(p.glob("*.gguf")) if p.is_dir() else []
     if gguf_files and gguf_files[0].is_file():
-        from llama.tokenizer import gguf_field, open_gguf
-
         reader = open_gguf(gguf_files[0], VerifyError)  # a damaged file: one line, before any loading
         value = gguf_field(reader, f"{gguf_field(reader, 'general.architecture', 'llama')}.context_length")
         ok = isinstance(value, int) and not isinstance(value, bool) and value > 0

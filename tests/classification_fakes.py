@@ -6,7 +6,7 @@ FakeLM scores a continuation by its overlap with the context's last two lines:
 so "Article: a sports match\\nCategory:" + " Sports" beats the other labels (direct), and
 "Category: Sports\\nArticle:" + " a sports match" beats the other label prompts (channel).
 
-Its hidden states (classification.hidden) are as simple: at a context's last token, the counts
+Its hidden states (classification.backend.hidden) are as simple: at a context's last token, the counts
 of the four topic words in those two lines and the number of words there; a text's embedding is
 its bag of words hashed (crc32) into 64 buckets; next-token log-probs are log-softmax([2h, 0]).
 """
@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from classification.sampling import Example
+from classification.inputs.sampling import Example
 
 PUNCT = ".,:;!?\"'()"
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +43,6 @@ def default_model_dir(tmp_path_factory, default_gguf) -> Path:
     out = tmp_path_factory.mktemp("smollm2")
     install_default(str(out), str(default_gguf))
     return out
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from classification import retrieval
+from classification.inputs import retrieval
 from classification.anchors import SHRINKAGES, KnnVote, NearestCentroid, ShrinkageLDA
-from classification.datasets import Dataset, get_preset
+from classification.inputs.datasets import Dataset, get_preset
 from classification.errors import ClassificationError
-from classification.runner import evaluate
+from classification.run.runner import evaluate
 from classification.templates import fill
 from classification_fakes import FakeLM, run_ranks, synthetic_splits
 
@@ -84,7 +84,7 @@ def write_inputs(tmp_path, n_anchor=3):
     train, test = synthetic_splits(8, 3)
     p = get_preset("ag_news")
     data = Dataset("ag_news", train, test, list(p.label_words), dict(p.templates), p.instruction)
-    records, anchors = retrieval.build_records(data, "direct", None, 1, 1, True, 12, 0, n_anchor=n_anchor)
+    records, anchors = retrieval.records_and_anchors(data, "direct", None, 1, 1, True, 12, 0, n_anchor=n_anchor)
     inputs = tmp_path / "in.json"
     inputs.write_text(json.dumps(records))
     if anchors:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from classification import methods, runner
-from classification.data import build_records
+from classification import methods
+from classification.run import runner
+from classification.inputs.ag_news import build_records
 from classification.errors import ClassificationError
 from classification.metrics import calibration_metrics, reliability
 from classification_fakes import FakeLM, synthetic_splits

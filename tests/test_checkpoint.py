@@ -257,7 +257,7 @@ def k_quant_reference(rng):
     """
     import gguf
 
-    from tests.helpers.gguf_files import pack_q2_k, pack_q4_k, pack_q5_k, pack_q6_k
+    from helpers.gguf_files import pack_q2_k, pack_q4_k, pack_q5_k, pack_q6_k
 
     T = gguf.GGMLQuantizationType
     out = {}
@@ -307,7 +307,7 @@ def q4_k_m_model(tmp_path, rng):
     """A tiny random llama in a Q4_K_M-like mix: Q4_K, Q6_K for v/down/output, F32 norms."""
     import gguf
 
-    from tests.helpers.gguf_files import random_k_blocks
+    from helpers.gguf_files import random_k_blocks
 
     T = gguf.GGMLQuantizationType
     args = ModelArgs(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=256)

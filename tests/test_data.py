@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from classification.data import build_records, load_ag_news, preprocess
-from classification.sampling import Example, sample_test, select_demonstrations
-from classification.sources import read_ag_news_csv
+from classification.inputs.ag_news import build_records, load_ag_news
+from classification.inputs.sampling import Example, sample_test, select_demonstrations
+from classification.inputs.sources import read_ag_news_csv
 from classification.errors import ClassificationError
+from classification.run.preprocess import preprocess
 from classification.templates import AG_NEWS_LABEL_WORDS
 from classification_fakes import synthetic_splits
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from classification.data import build_records, load_ag_news
-from classification.datasets import load_dataset, make_records, preprocess_dataset
-from classification.presets import PRESETS
-from classification.sampling import holdout_split, select_demonstrations
-from classification.sources import label_index
+from classification.inputs.ag_news import build_records, load_ag_news
+from classification.inputs.datasets import load_dataset, random_demo_records
+from classification.inputs.presets import PRESETS
+from classification.inputs.sampling import holdout_split, select_demonstrations
+from classification.inputs.sources import label_index
 from classification.errors import ClassificationError
+from classification.run.preprocess import preprocess_dataset
 from classification.templates import build_prompt_from_template, parse_template, unescape_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def test_ag_news_preset_is_the_original_ag_news_records():
                     + "Category: {label_word}\nArticle:", "{text}"),
     }
     for method in ("direct", "channel"):
-        got = make_records(data, method, k=2, seed=5, n_sample=20)
+        got = random_demo_records(data, method, k=2, seed=5, n_sample=20)
         assert got == build_records(method, train, test, k=2, seed=5, n_sample=20)
         assert len(got) == 20 and {r["ground_truth"] for r in got} == set(words)
         for r in got:
@@ -133,8 +134,8 @@ def test_holdout_split_is_seeded_disjoint_and_independent_of_demo_seed(preset):
     assert [e.index for e in a.test] == [e.index for e in b.test] != [e.index for e in c.test]
     assert not {e.index for e in a.train} & {e.index for e in a.test}
     # Demonstration seeds change demonstrations only: the test sample stays with sample_seed.
-    r1 = make_records(a, "direct", seed=1, n_sample=10, sample_seed=0)
-    r2 = make_records(a, "direct", seed=2, n_sample=10, sample_seed=0)
+    r1 = random_demo_records(a, "direct", seed=1, n_sample=10, sample_seed=0)
+    r2 = random_demo_records(a, "direct", seed=2, n_sample=10, sample_seed=0)
     assert [r["index"] for r in r1] == [r["index"] for r in r2] and r1[0]["prompt"] != r2[0]["prompt"]
     test_texts = {e.text for e in a.test}
     demo_lines = [line.split(": ", 1)[-1] for line in r1[0]["prompt"].split("\n")[:-2]]
@@ -142,7 +143,7 @@ def test_holdout_split_is_seeded_disjoint_and_independent_of_demo_seed(preset):
 
 
 def test_holdout_split_by_hand():
-    from classification.sampling import Example
+    from classification.inputs.sampling import Example
 
     exs = [Example(str(i), i % 2, i) for i in range(10)]
     train, test = holdout_split(exs, 3, split_seed=0, what="x")
@@ -196,7 +197,7 @@ def test_json_jsonl_string_labels_and_several_text_columns(tmp_path):
     (tmp_path / "labels.txt").write_text("bad\ngood\n")
     data = load_dataset(train=str(tmp_path / "all.csv"), test_size=4)
     assert data.label_words == ["bad", "good"] and (len(data.train), len(data.test)) == (6, 4)
-    recs = make_records(data, "channel", k=1, seed=0, n_sample=2)
+    recs = random_demo_records(data, "channel", k=1, seed=0, n_sample=2)
     assert recs[0]["prompt"].endswith("Label: {label_word}\nInput:")  # the generic default template
 
 
@@ -238,7 +239,7 @@ def test_preset_errors(tmp_path):
     with pytest.raises(ClassificationError, match="labels.txt lists 2 classes but there are 5 label words"):
         load_dataset(preset="sst5", data_dir=str(SHARED / "sst2"))
     with pytest.raises(ClassificationError, match="--k 100 is larger than the smallest class .* has 86"):
-        make_records(load_dataset(preset="trec", data_dir=str(SHARED / "trec")), "direct", k=100)
+        random_demo_records(load_dataset(preset="trec", data_dir=str(SHARED / "trec")), "direct", k=100)
 
 
 # --- the hub (a fake `datasets` module: no network) -------------------------------------------

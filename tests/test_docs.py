@@ -381,7 +381,7 @@ def test_checker_rejects_bad_commands(block):
     "python run_preprocess_channel_ag_news.py --sample=False --n-sample 4",
     "D=out; /usr/bin/time -v .venv/bin/python run_evaluate_direct_llama.py --data_path $D/x.json --help",
     "python -m llama.convert convert a b --to hf --shards 2",
-    "python -m classification.table a.metrics.json",
+    "python -m classification.report.table a.metrics.json",
     "make demo N_SAMPLE=20 && make test",
 ])
 def test_checker_accepts_good_commands(block):

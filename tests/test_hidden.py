@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from classification import hidden
-from classification.scoring import LlamaLM
+from classification import methods, states
+from classification.backend import hidden
+from classification.backend.scoring import LlamaLM
+from classification.paths import hidden_path
 from classification_fakes import WhitespaceTokenizer
 from llama.model import ModelArgs, Transformer
 
@@ -88,9 +90,9 @@ def test_saved_rows_round_trip_as_float16(tmp_path):
     records = [{"prompt": DEMOS + "Article: {text}\nCategory:", "completion": "{label_word}", "text": t,
                 "label_words": ["x", "y"]} for t in TEXTS]
     results = [{} for _ in records]
-    hidden.attach_hidden(lm, records, results)
+    states.attach_hidden(lm, records, results)
     path = str(tmp_path / "out.hidden.npy")
-    hidden.save_hidden(path, results)
+    states.save_hidden(path, results)
     saved = np.load(path)
     assert saved.dtype == np.float16 and saved.shape == (4, 64)
     want = hidden.context_hidden(lm, [DEMOS + f"Article: {t}\nCategory:" for t in TEXTS])
@@ -100,38 +102,36 @@ def test_saved_rows_round_trip_as_float16(tmp_path):
 def test_scoring_keeps_the_states_that_save_hidden_needs(monkeypatch):
     """With keep_hidden the direct scoring pass itself yields each record's state: no second
     forward pass, the same vectors as computing them afresh, and the same log-probs."""
-    from classification import methods
-
     records = [{"prompt": DEMOS + "Article: {text}\nCategory:", "completion": "{label_word}", "text": t,
                 "label_words": ["x", "y", "z w"]} for t in TEXTS]
     plain = tiny_lm()
     want_results = methods.direct(plain, records, "eos")
-    want = hidden.context_hidden(plain, hidden.record_contexts(plain, records))
+    want = hidden.context_hidden(plain, methods.record_contexts(plain, records))
     lm = tiny_lm()
     lm.keep_hidden = True
     results = methods.direct(lm, records, "eos")
     runs = []
     real_run = hidden._run_model
     monkeypatch.setattr(hidden, "_run_model", lambda m, ids, *a, **k: runs.append(len(ids)) or real_run(m, ids, *a, **k))
-    got = hidden.context_hidden(lm, hidden.record_contexts(lm, records))
+    got = hidden.context_hidden(lm, methods.record_contexts(lm, records))
     assert runs == [0]  # every state was kept while scoring
     np.testing.assert_allclose(got, want, atol=1e-4)
     for a, b in zip(results, want_results):
         np.testing.assert_allclose(a["log_probs"], b["log_probs"], atol=1e-6)
-    assert hidden.context_hidden(lm, hidden.record_contexts(lm, records[:1])).shape == (1, 64)  # then computed
+    assert hidden.context_hidden(lm, methods.record_contexts(lm, records[:1])).shape == (1, 64)  # then computed
     assert runs == [0, 1]
 
 
 def test_states_are_kept_only_for_runs_that_save_them(tmp_path):
     """One model object across runs (seeds, anchors): a run with --save_hidden takes every state
     it kept, and a later run without it keeps none."""
-    from classification import runner
+    from classification.run import runner
     from test_runner import write_inputs
 
     data, recs = write_inputs(tmp_path)
     lm = tiny_lm()
     runner.evaluate("direct", data, str(tmp_path / "a.json"), lm=lm, save_hidden=True)
     assert lm.keep_hidden and not lm._hidden
-    assert np.load(hidden.hidden_path(str(tmp_path / "a.json"))).shape == (len(recs), 64)
+    assert np.load(hidden_path(str(tmp_path / "a.json"))).shape == (len(recs), 64)
     runner.evaluate("direct", data, str(tmp_path / "b.json"), lm=lm)
     assert not lm.keep_hidden and not lm._hidden

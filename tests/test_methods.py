@@ -3,7 +3,7 @@ import math
 import pytest
 
 from classification import methods
-from classification.data import build_records
+from classification.inputs.ag_news import build_records
 from classification.errors import ClassificationError
 from classification_fakes import FakeLM, synthetic_splits
 
@@ -198,7 +198,7 @@ def test_generation_label_needs_a_word_boundary():
 
 
 def test_sampling_seeds_depend_on_the_record_not_the_batch(tmp_path):
-    from classification import runner
+    from classification.run import runner
     from test_runner import write_inputs
 
     data, recs = write_inputs(tmp_path)

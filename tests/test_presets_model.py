@@ -9,18 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from classification import runner
-from classification.presets import PRESETS
-from classification.seeds import SEED_METHODS, run_seeds
+from classification.backend.loader import load_lm
+from classification.inputs.presets import PRESETS
+from classification.run.seeds import SEED_METHODS, run_seeds
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
 def real_lm(default_model_dir):
-    lm, _ = runner.load_model(str(default_model_dir / "135M"), str(default_model_dir / "tokenizer.json"),
-                              2048, 16, None, "cpu", "fast", append_eos=True)
-    return lm
+    return load_lm(str(default_model_dir / "135M"), str(default_model_dir / "tokenizer.json"), device="cpu")
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")

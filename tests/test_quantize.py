@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from classification import methods as icl
 from classification.cli import cli
-from classification.data import build_records, load_ag_news
-from classification.scoring import LlamaLM
+from classification.inputs.ag_news import build_records, load_ag_news
+from classification.backend.scoring import LlamaLM
 from llama import quantize as quantize_lib
 from llama.checkpoint import load_model, write_meta
 from llama.convert import convert

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from classification import resume, runner
+from classification import fileio, paths
+from classification.run import resume, runner
 from classification_fakes import FakeCrash, FakeLM
 from test_runner import read, write_inputs
 
@@ -51,7 +52,7 @@ def test_changed_params_behind_the_same_path_start_over(tmp_path, capsys):
 
 
 def test_weights_rewritten_in_place_with_same_size_and_mtime_start_over(tmp_path, monkeypatch):
-    monkeypatch.setattr(resume, "WHOLE_HASH_BYTES", 1 << 20)  # hash the 3 MiB file by its ends
+    monkeypatch.setattr(fileio, "WHOLE_HASH_BYTES", 1 << 20)  # hash the 3 MiB file by its ends
     data, _ = write_inputs(tmp_path)
     ckpt, tok = fake_checkpoint(tmp_path / "model")
     weights = Path(ckpt) / "consolidated.00.pth"
@@ -117,8 +118,8 @@ def test_file_digest_hashes_small_files_whole(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_bytes(b"x" * 100)
     b.write_bytes(b"x" * 99 + b"y")
-    assert resume.file_digest(str(a)) != resume.file_digest(str(b))
-    assert resume.file_digest(str(a)) == {"sha256": __import__("hashlib").sha256(b"x" * 100).hexdigest()}
+    assert fileio.file_digest(str(a)) != fileio.file_digest(str(b))
+    assert fileio.file_digest(str(a)) == {"sha256": __import__("hashlib").sha256(b"x" * 100).hexdigest()}
 
 
 def test_metrics_of_another_output_are_not_reused(tmp_path, capsys):
@@ -137,9 +138,8 @@ def test_metrics_of_another_output_are_not_reused(tmp_path, capsys):
 
 
 SLOW_RUN = """
-import sys, time
-sys.path[:0] = [{root!r}, {tests!r}]
-from classification import runner
+import time
+from classification.run import runner
 from classification_fakes import FakeLM
 
 class SlowLM(FakeLM):
@@ -154,8 +154,10 @@ runner.evaluate("direct", {data!r}, {out!r}, lm=SlowLM())
 def test_a_killed_small_run_keeps_what_it_finished(tmp_path):
     data, recs = write_inputs(tmp_path)  # 24 records, fewer than one chunk of 64; ~5 s at this speed
     out = str(tmp_path / "out.json")
-    script = SLOW_RUN.format(root=str(ROOT), tests=str(ROOT / "tests"), data=data, out=out)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    script = SLOW_RUN.format(data=data, out=out)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))  # the test doubles; the packages are installed
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
     partial = Path(out + ".partial.jsonl")
     deadline = time.time() + 60
     try:
@@ -179,5 +181,5 @@ def test_shard_is_strided_and_complete():
     positions = list(range(10))
     shards = [resume.shard(positions, r, 3) for r in range(3)]
     assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
-    assert resume.partial_path("o.json") == "o.json.partial.jsonl"
-    assert resume.partial_path("o.json", 1, 2) == "o.json.partial.1.jsonl"
+    assert paths.partial_path("o.json") == "o.json.partial.jsonl"
+    assert paths.partial_path("o.json", 1, 2) == "o.json.partial.1.jsonl"

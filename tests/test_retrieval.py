@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classification import retrieval
-from classification.sampling import Example
-from classification.datasets import Dataset, get_preset, make_records, preprocess_dataset
+from classification.inputs import retrieval
+from classification.inputs.sampling import Example
+from classification.inputs.datasets import Dataset, get_preset, load_dataset, random_demo_records
 from classification.errors import ClassificationError
 from classification.fileio import write_json_atomic
+from classification.paths import anchors_path
+from classification.run.preprocess import preprocess_dataset
 from classification_fakes import FakeLM, synthetic_splits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,10 +88,10 @@ def test_knn_embeddings_are_cached_beside_the_records(tmp_path):
         return lm.text_embeddings(batch)
 
     cache = tmp_path / "embeddings.fake.npz"
-    first, _ = retrieval.build_records(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "knn",
-                                       embed=embed, cache_path=cache)
-    again, _ = retrieval.build_records(dataset(train, test), "direct", None, 1, 2, True, 8, 0, "knn",
-                                       embed=embed, cache_path=cache)
+    first, _ = retrieval.records_and_anchors(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "knn",
+                                             embed=embed, cache_path=cache)
+    again, _ = retrieval.records_and_anchors(dataset(train, test), "direct", None, 1, 2, True, 8, 0, "knn",
+                                             embed=embed, cache_path=cache)
     assert calls == [len(train) + 8]  # the second seed embedded nothing new, and retrieved the same
     assert [(r["prompt"], r["demo_indices"]) for r in first] == [(r["prompt"], r["demo_indices"]) for r in again]
     # Each record's demonstrations are its nearest by the fake embedding (bag of hashed words).
@@ -112,12 +114,10 @@ def test_random_demos_write_the_same_bytes_as_before(tmp_path, shared_data):
     with_anchors = tmp_path / "anchored.json"
     preprocess_dataset(preset="sst2", data_dir=data_dir, data_path=str(with_anchors), k=2, seed=3, n_sample=20,
                        demos="random", n_anchor=5)
-    from classification.datasets import load_dataset
-
-    old = make_records(load_dataset(preset="sst2", data_dir=data_dir), "direct", k=2, seed=3, n_sample=20)
+    old = random_demo_records(load_dataset(preset="sst2", data_dir=data_dir), "direct", k=2, seed=3, n_sample=20)
     write_json_atomic(str(tmp_path / "old.json"), old, indent=2)
     assert path.read_bytes() == (tmp_path / "old.json").read_bytes() == with_anchors.read_bytes()
-    anchors = json.loads(Path(retrieval.anchors_path(str(with_anchors))).read_text())
+    anchors = json.loads(Path(anchors_path(str(with_anchors))).read_text())
     assert [a["ground_truth"] for a in anchors].count("Negative") == 5 and len(anchors) == 10
     assert {a["prompt"] for a in anchors} == {old[0]["prompt"]}
     # Anchors are neither demonstrations nor each other's duplicates.
@@ -127,8 +127,8 @@ def test_random_demos_write_the_same_bytes_as_before(tmp_path, shared_data):
 
 def test_retrieved_anchors_never_serve_as_demonstrations():
     train, test = synthetic_splits(6, 3)
-    records, anchors = retrieval.build_records(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "bm25",
-                                               n_anchor=2)
+    records, anchors = retrieval.records_and_anchors(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "bm25",
+                                                     n_anchor=2)
     anchor_ids = {a["index"] for a in anchors}
     assert len(anchors) == 8 and all(a["meta"]["anchor"] for a in anchors)
     for rec in records + anchors:
@@ -185,7 +185,7 @@ class FlatLM(FakeLM):
 
 
 def test_knn_cache_follows_the_model_files_not_their_path(tmp_path, monkeypatch):
-    from classification import runner
+    from classification.run import preprocess as preprocess_module
 
     splits = write_splits(tmp_path)
     ckpt, tok = tmp_path / "ckpt", tmp_path / "tokenizer.json"
@@ -195,11 +195,11 @@ def test_knn_cache_follows_the_model_files_not_their_path(tmp_path, monkeypatch)
     models = {b"A" * 256: FakeLM, b"B" * 256: FlatLM}  # the "weights" decide which model loads
     loads = []
 
-    def load_model(ckpt_dir, *args, **kwargs):
+    def load_lm(ckpt_dir, *args, **kwargs):
         loads.append(ckpt_dir)
-        return models[(Path(ckpt_dir) / "weights.bin").read_bytes()](), None
+        return models[(Path(ckpt_dir) / "weights.bin").read_bytes()]()
 
-    monkeypatch.setattr(runner, "load_model", load_model)
+    monkeypatch.setattr(preprocess_module, "load_lm", load_lm)
 
     def preprocess(out):
         return preprocess_dataset(method="direct", data_path=str(out), k=1, seed=1, n_sample=0, demos="knn",
@@ -227,11 +227,11 @@ def test_knn_cache_follows_the_model_files_not_their_path(tmp_path, monkeypatch)
 def test_damaged_or_wrong_shaped_embeddings_cache_is_one_line(tmp_path, damage, cause):
     train, test = synthetic_splits(5, 3)
     cache = tmp_path / "embeddings.fake.npz"
-    retrieval.build_records(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "knn",
+    retrieval.records_and_anchors(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "knn",
                             embed=FakeLM().text_embeddings, cache_path=cache)
     damage(cache)
     with pytest.raises(ClassificationError) as e:
-        retrieval.build_records(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "knn",
+        retrieval.records_and_anchors(dataset(train, test), "direct", None, 1, 1, True, 8, 0, "knn",
                                 embed=FakeLM().text_embeddings, cache_path=cache)
     message = str(e.value)
     assert message.startswith(str(cache)) and cause in message and message.endswith("delete it to embed the texts again")

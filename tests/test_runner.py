@@ -5,10 +5,10 @@ from collections import Counter
 
 import pytest
 
-from classification import runner
-from classification.data import build_records
+from classification.run import runner
+from classification.inputs.ag_news import build_records
 from classification.errors import ClassificationError
-from classification.table import format_table, load_metrics, main as table_main
+from classification.report.table import format_table, load_metrics, main as table_main
 from classification_fakes import FakeCrash, FakeLM, run_ranks, synthetic_splits
 
 
@@ -425,7 +425,7 @@ def test_full_disk_when_writing_the_output_keeps_the_partial(tmp_path, monkeypat
 def test_full_disk_while_appending_results_keeps_what_was_written(tmp_path, monkeypatch):
     import builtins
 
-    from classification import resume
+    from classification.run import resume
 
     data, recs = write_inputs(tmp_path)
     out = tmp_path / "o.json"

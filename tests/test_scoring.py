@@ -7,7 +7,7 @@ from typing import Callable, Dict, Tuple
 import pytest
 import torch
 
-from classification.scoring import LlamaLM, _build_row, common_prefix_len
+from classification.backend.scoring import LlamaLM, _build_row, common_prefix_len
 from tolerance import sum_tolerance
 from llama.checkpoint import load_model
 from llama.tokenizer import load_tokenizer
@@ -226,7 +226,7 @@ def test_generation_equals_naive(device):
 def ag_news_k4(shared_data) -> dict:
     """Real ag_news records, k=4 demonstrations per class (prompts of about 1,060 tokens), one
     test text per class (a stratified sample of 4), for both templates."""
-    from classification.data import build_records, load_ag_news
+    from classification.inputs.ag_news import build_records, load_ag_news
 
     data_dir = shared_data / "ag_news"
     if not (data_dir / "train.csv").is_file() or not (data_dir / "test.csv").is_file():
@@ -300,7 +300,7 @@ def test_fast_equals_naive_on_real_ag_news_k4(smollm, ag_news_k4, ag_news_k4_res
 
 def test_output_head_in_blocks_changes_nothing(monkeypatch):
     """The head + log-softmax over blocks of a few positions = over the whole batch at once."""
-    from classification import scoring
+    from classification.backend import scoring
 
     demo = "demonstration text shared by all " * 4
     requests = [(demo + f"input {t}:", f" label {y} and more words") for t in ("one", "two two", "x")

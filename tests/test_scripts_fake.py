@@ -10,8 +10,8 @@ from pathlib import Path
 import fire
 import pytest
 
-from classification import runner
-from classification.data import build_records
+from classification.run import runner
+from classification.inputs.ag_news import build_records
 from classification_fakes import FakeLM, synthetic_splits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,13 +43,14 @@ def test_scripts_are_thin_and_document_every_flag(name):
 def fake_model(monkeypatch):
     made = []
 
-    def load_model(ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, append_eos,
-                   verify_checkpoint=None, model_parallel_size=None, quantize="none"):
+    def load_lm(ckpt_dir, tokenizer_path, *, max_seq_len, max_batch_size, dtype, device, scoring, completion_end,
+                quantize, model_parallel_size, verify_checkpoint):
+        append_eos = completion_end == "eos"
         made.append(dict(ckpt_dir=ckpt_dir, max_seq_len=max_seq_len, append_eos=append_eos, scoring=scoring,
                          model_parallel_size=model_parallel_size, quantize=quantize))
-        return FakeLM(max_seq_len=max_seq_len, append_eos=append_eos), None
+        return FakeLM(max_seq_len=max_seq_len, append_eos=append_eos)
 
-    monkeypatch.setattr(runner, "load_model", load_model)
+    monkeypatch.setattr(runner, "load_lm", load_lm)
     return made
 
 

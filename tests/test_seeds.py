@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from classification.errors import ClassificationError
-from classification.report import build_report, load_runs
-from classification.seeds import SEED_METHODS, check_methods, mean_std, run_seeds
+from classification.report.markdown import build_report, load_runs
+from classification.metrics import mean_std
+from classification.run.seeds import SEED_METHODS, check_methods, run_seeds
 from classification_fakes import FakeLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,9 +161,9 @@ def test_scripts_bad_input_exits_2(tmp_path, name):
 
 def one_direct_run(tmp_path):
     """The metrics file of one direct run (fake model), as the report reads it."""
-    from classification.runner import evaluate
+    from classification.run.runner import evaluate
     from classification_fakes import synthetic_splits
-    from classification.data import build_records
+    from classification.inputs.ag_news import build_records
 
     train, test = synthetic_splits()
     inputs = tmp_path / "in.json"
@@ -284,7 +285,7 @@ def test_seeds_write_only_inside_the_output_folder(tmp_path, spec, monkeypatch):
 
 
 def test_derived_dataset_names_are_plain_file_name_parts():
-    from classification.datasets import dataset_name
+    from classification.inputs.datasets import dataset_name
 
     assert dataset_name(None, None, None, "/data/.cache") == "cache"
     assert dataset_name(None, "user/..", None, None) == "custom"

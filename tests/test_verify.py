@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from classification import runner
+from classification.backend.loader import check_model_files, load_lm
 from classification.errors import ClassificationError
 from llama.checkpoint import CheckpointError, load_model
 from llama.model import ModelArgs, Transformer
@@ -45,10 +45,10 @@ def test_checklist_catches_a_megabyte_of_zeros(tmp_path):
     with pytest.raises(ValueError, match=r"consolidated\.00\.pth: md5 .* differs .*checklist\.chk"):
         verify_checklist(ckpt, show_progress=False)
     with pytest.raises(ClassificationError, match="md5"):
-        runner.load_model(str(ckpt), str(ckpt / "params.json"), 64, 1, None, "cpu", "fast", True)
+        load_lm(str(ckpt), str(ckpt / "params.json"), max_seq_len=64, max_batch_size=1, device="cpu")
     with pytest.raises(ClassificationError, match="has no checklist.chk"):
-        runner.load_model(str(tmp_path), str(ckpt / "params.json"), 64, 1, None, "cpu", "fast", True,
-                          verify_checkpoint=True)
+        load_lm(str(tmp_path), str(ckpt / "params.json"), max_seq_len=64, max_batch_size=1, device="cpu",
+                verify_checkpoint=True)
 
 
 def test_non_finite_weights_are_refused(tmp_path):
@@ -112,16 +112,13 @@ def test_params_json_that_contradicts_config_json(tmp_path):
         load_model(str(ckpt))
 
 
-def test_max_seq_len_above_the_trained_context_is_warned_about(tmp_path, capsys, monkeypatch):
-    import classification.scoring
-
+def test_max_seq_len_above_the_trained_context_is_warned_about(tmp_path, capsys):
     ckpt = tiny_meta(tmp_path / "m")
     (ckpt / "config.json").write_text(json.dumps({"max_position_embeddings": 512, "num_attention_heads": 2}))
-    monkeypatch.setattr(classification.scoring, "load_lm", lambda *a, **k: (None, None))
-    runner.load_model(str(ckpt), str(ckpt / "params.json"), 2048, 1, None, "cpu", "fast", True)
+    check_model_files(str(ckpt), str(ckpt / "params.json"), 2048, None, None)
     err = capsys.readouterr().err
     assert "--max_seq_len 2048 is above the 512 tokens" in err and "config.json" in err
-    runner.load_model(str(ckpt), str(ckpt / "params.json"), 512, 1, None, "cpu", "fast", True)
+    check_model_files(str(ckpt), str(ckpt / "params.json"), 512, None, None)
     assert capsys.readouterr().err == ""
 
 
@@ -146,7 +143,7 @@ def test_install_default_reconverts_a_same_size_different_source(tmp_path, defau
             (Path(target) / name).write_text("x")
 
     monkeypatch.setattr(convert, "convert", fake_convert)
-    monkeypatch.setattr("llama.tokenizer.write_tokenizer_from_gguf", lambda s, o: (out / "tokenizer.json").write_text("{}"))
+    monkeypatch.setattr(convert, "write_tokenizer_from_gguf", lambda s, o: (out / "tokenizer.json").write_text("{}"))
     convert.install_default(str(tmp_path / "out"), str(src))
     convert.install_default(str(tmp_path / "out"), str(src))
     assert len(calls) == 1  # unchanged source: nothing rewritten
@@ -160,12 +157,10 @@ def test_install_default_reconverts_a_same_size_different_source(tmp_path, defau
 def test_deep_config_json_beside_meta_weights_raises_no_recursion_error(tmp_path, monkeypatch):
     """config.json too deep to parse, beside a Meta checkpoint: the context-length probe and the
     params check leave it to the reader, and nothing escapes as a RecursionError."""
-    import classification.scoring
     from llama.verify import check_params_match_config, trained_context
 
     ckpt = tiny_meta(tmp_path / "m")
     (ckpt / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     assert trained_context(ckpt) == (None, "")
     check_params_match_config(ckpt)
-    monkeypatch.setattr(classification.scoring, "load_lm", lambda *a, **k: ("lm", None))
-    assert runner.load_model(str(ckpt), str(ckpt / "params.json"), 512, 1, None, "cpu", "fast", True)[0] == "lm"
+    check_model_files(str(ckpt), str(ckpt / "params.json"), 512, None, None)  # the loader's checks before loading

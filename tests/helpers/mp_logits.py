@@ -5,14 +5,12 @@
 QUANTIZE quantizes the model first (llama.quantize mode, e.g. int8; calibrated on the first sequence)."""
 
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from llama.checkpoint import count_shards, load_model  # noqa: E402
-from llama.quantize import quantize_model  # noqa: E402
-from llama.runtime import setup_runtime  # noqa: E402
+from llama.checkpoint import count_shards, load_model
+from llama.quantize import quantize_model
+from llama.runtime import setup_runtime
 
 
 def main(ckpt: str, out: str, mp_size: str = "", quantize: str = "none") -> None:

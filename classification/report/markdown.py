@@ -24,15 +24,15 @@ import glob
 import hashlib
 import json
 import math
-import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification.cli import as_list
 from classification.errors import ClassificationError, json_cause, writing
-from classification.seeds import fmt_mean_std, mean_std
-from classification.table import label_rank, method_label
+from classification.metrics import fmt_mean_std, mean_std
+from classification.paths import report_image, report_images, report_path
+from classification.report.table import label_rank, method_label
 
 GroupKey = Tuple[str, Any, str, str]  # (dataset, k, method label, setting: "" or what tells it from the others)
 
@@ -191,10 +191,6 @@ def group_runs(runs: Sequence[Dict[str, Any]]) -> "OrderedDict[GroupKey, List[Di
     )
 
 
-def _slug(*parts: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(str(p) for p in parts)).strip("-")
-
-
 def pool_bins(runs: Sequence[Dict[str, Any]]) -> Optional[List[Dict[str, Any]]]:
     """Reliability bins of several runs pooled (counts added, confidence/accuracy count-weighted)."""
     lists = [m.get("reliability") for m in runs]
@@ -220,7 +216,7 @@ def bins_ece(bins: Sequence[Dict[str, Any]]) -> float:
 
 def _pyplot() -> Any:
     try:
-        import matplotlib
+        import matplotlib  # third-party and slow to import, needed by the plots only: imported where used
     except ImportError:
         raise ClassificationError("the report's plots need matplotlib: pip install -r requirements.txt") from None
     matplotlib.use("Agg")
@@ -362,15 +358,15 @@ def build_report(
     """Write ``out_dir/report.md`` and its PNGs; returns the report's path."""
     runs = load_runs(inputs)
     groups = group_runs(runs)
-    root = Path(out_dir)
-    with writing(root, "--out_dir"):  # a read-only folder or a full disk: one line
-        return _write_report(runs, groups, root, title)
+    with writing(Path(out_dir), "--out_dir"):  # a read-only folder or a full disk: one line
+        return _write_report(runs, groups, out_dir, title)
 
 
 def _write_report(
-    runs: List[Dict[str, Any]], groups: "OrderedDict[GroupKey, List[Dict[str, Any]]]", root: Path, title: str
+    runs: List[Dict[str, Any]], groups: "OrderedDict[GroupKey, List[Dict[str, Any]]]", out_dir: str, title: str
 ) -> str:
-    img = root / "img"
+    path = report_path(out_dir)
+    img = report_images(out_dir)
     img.mkdir(parents=True, exist_ok=True)
     datasets: Dict[Tuple[str, Any], List[Tuple[str, str, List[Dict[str, Any]]]]] = OrderedDict()
     for (dataset, k, label, setting), members in groups.items():
@@ -394,10 +390,10 @@ def _write_report(
         lines += [f"## {name}", ""]
         lines += [f"- {tag}: {setting}" for tag, (_, setting, _) in zip(short, entries) if setting]
         lines += [""] if any(setting for _, setting, _ in entries) else []
-        acc_png = img / f"accuracy_{_slug(dataset, f'k{k}')}.png"
+        acc_png = report_image(out_dir, "accuracy", dataset, f"k{k}")
         plot_accuracy(members, f"{name}: accuracy by method", acc_png)
         lines += [f"![accuracy by method, {name}](img/{acc_png.name})", ""]
-        rel_png = img / f"reliability_{_slug(dataset, f'k{k}')}.png"
+        rel_png = report_image(out_dir, "reliability", dataset, f"k{k}")
         if plot_reliability(members, f"{name}: reliability (bins pooled over seeds)", rel_png):
             lines += [f"![reliability diagrams, {name}](img/{rel_png.name})", ""]
         lines += ["Per-class precision / recall / F1 (mean over seeds):", "", per_class_table(members), ""]
@@ -405,11 +401,10 @@ def _write_report(
         for shown, seed_runs in members:
             cells = []
             for m in seed_runs:
-                png = img / f"confusion_{_slug(dataset, f'k{k}', shown, 'seed' + str(m.get('seed')))}.png"
+                png = report_image(out_dir, "confusion", dataset, f"k{k}", shown, "seed" + str(m.get("seed")))
                 plot_confusion(m, png)
                 cells.append(f"![{shown} seed {m.get('seed')}](img/{png.name})")
             lines += [f"**{shown}**", "", " ".join(cells), ""]
-    path = root / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     print(f"Wrote {path} ({len(runs)} runs, {len(list(img.glob('*.png')))} images in {img})")
     return str(path)

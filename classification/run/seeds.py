@@ -16,18 +16,24 @@ command picks up where it stopped (and a half-finished run resumes from its part
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from classification import anchors, runner
+from classification import anchors
+from classification.backend.loader import load_lm
+from classification.calibrations import CALIBRATIONS
 from classification.cli import as_list
-from classification.datasets import Dataset, load_dataset, make_records
-from classification.presets import PRESETS
 from classification.errors import ClassificationError, check_int, writing
 from classification.fileio import write_json_atomic
-from classification.calibrations import CALIBRATIONS
-from classification.table import method_label
+from classification.inputs.datasets import Dataset, load_dataset, random_demo_records
+from classification.inputs.presets import PRESETS
+from classification.metrics import fmt_mean_std, mean_std
+from classification.paths import (
+    DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, seed_inputs_path, seed_outputs_path, seeds_dir, summary_paths,
+)
+from classification.records import read_json
+from classification.report.table import method_label
+from classification.run.runner import evaluate
 from classification.templates import parse_template, unescape_cli
 
 ALL_METHODS = ("direct",) + tuple(CALIBRATIONS) + ("channel", "generate")
@@ -44,8 +50,6 @@ def load_spec(dataset: str, data_dir: Optional[str] = None) -> Dataset:
     if dataset in PRESETS:
         spec: Dict[str, Any] = {"preset": dataset}
     elif dataset.endswith(".json"):
-        from classification.records import read_json
-
         spec = read_json(dataset, "dataset spec", "--dataset")
         if not isinstance(spec, dict):
             raise ClassificationError(f"--dataset {dataset}: expected a JSON object with keys like {SPEC_KEYS[:4]}")
@@ -113,14 +117,6 @@ def check_seeds(seeds: Union[str, int, Sequence[Any]]) -> List[int]:
     return out
 
 
-def mean_std(values: Sequence[float]) -> Dict[str, Optional[float]]:
-    """Mean and sample standard deviation (n - 1; 0 for one value) of the values that are not None."""
-    xs = [float(v) for v in values if v is not None]
-    if not xs:
-        return {"mean": None, "std": None}
-    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
-
-
 def summarize(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     """Per method label: each seed's accuracy, macro-F1, ECE, none count, and mean ± std of each."""
     out: Dict[str, Any] = {}
@@ -132,10 +128,6 @@ def summarize(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
         ]
         out[label] = {"per_seed": per_seed, **{key: mean_std([r[key] for r in per_seed]) for key in SUMMARY_METRICS}}
     return out
-
-
-def fmt_mean_std(stat: Dict[str, Optional[float]]) -> str:
-    return "-" if stat["mean"] is None else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
 def summary_table(summary: Dict[str, Any], seeds: Sequence[int]) -> str:
@@ -167,7 +159,7 @@ def run_seeds(
     """Run ``methods`` for every seed, write per-seed files and ``summary.json``/``summary.md``.
 
     ``model``: ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, model_parallel_size, quantize
-    (as for :func:`classification.runner.evaluate`); ``lm``/``runtime``: an already built model.
+    (as for :func:`classification.run.runner.evaluate`); ``lm``/``runtime``: an already built model.
     Returns the summary (on the main rank; None elsewhere).
     """
     chosen = check_methods(methods)
@@ -175,38 +167,24 @@ def run_seeds(
     check_int("--k", k, 0)
     check_int("--n_sample", n_sample, 0)
     data = load_spec(dataset, data_dir)
-    root = Path(out_dir or f"outputs/{data.name}/k{k}")
+    root = Path(out_dir) if out_dir else seeds_dir(data.name, k)
     needed = {"direct"} if any(m in chosen for m in ("direct", "generate") + tuple(CALIBRATIONS)) else set()
     needed |= {"channel"} if "channel" in chosen else set()
-    inputs: Dict[int, Dict[str, str]] = {}
-    for seed in seed_list:  # every seed's inputs first: a bad k or sample fails before any scoring
-        inputs[seed] = {}
-        for method in sorted(needed):
-            records = make_records(data, method, k=k, seed=seed, sample=n_sample > 0, n_sample=n_sample,
-                                   sample_seed=sample_seed)
-            path = root / f"seed{seed}" / f"inputs_{method}.json"
-            write_json_atomic(str(path), records, indent=2)
-            inputs[seed][method] = str(path)
+    inputs = write_inputs(data, root, sorted(needed), seed_list, k, n_sample, sample_seed)
     if lm is None:
-        lm, runtime = runner.load_model(
-            model.get("ckpt_dir", runner.DEFAULT_CKPT_DIR), model.get("tokenizer_path", runner.DEFAULT_TOKENIZER_PATH),
-            model.get("max_seq_len", 2048), model.get("max_batch_size", 16), model.get("dtype"), model.get("device"),
-            model.get("scoring", "fast"), append_eos=True, model_parallel_size=model.get("model_parallel_size"),
-            quantize=model.get("quantize", "none"),
+        lm = load_lm(
+            model.get("ckpt_dir", DEFAULT_CKPT_DIR), model.get("tokenizer_path", DEFAULT_TOKENIZER_PATH),
+            max_seq_len=model.get("max_seq_len", 2048), max_batch_size=model.get("max_batch_size", 16),
+            dtype=model.get("dtype"), device=model.get("device"), scoring=model.get("scoring", "fast"),
+            model_parallel_size=model.get("model_parallel_size"), quantize=model.get("quantize", "none"),
         )
+        runtime = lm.runtime
     runs: Dict[str, List[Dict[str, Any]]] = {}
     is_main = runtime is None or bool(runtime.is_main)
     for method in chosen:  # method-major: every seed's cheap runs come before the slow ones
         for seed in seed_list:
-            out = str(root / f"seed{seed}" / f"outputs_{method}.json")
             args: Dict[str, Any] = dict(model, lm=lm, runtime=runtime, reuse=True)
-            if method in CALIBRATIONS:
-                args.update(direct_output_path=str(root / f"seed{seed}" / "outputs_direct.json"), calibration=method)
-                metrics = runner.evaluate("calibrate", inputs[seed]["direct"], out, **args)
-            elif method == "generate":
-                metrics = runner.evaluate("generate", inputs[seed]["direct"], out, max_gen_len=max_gen_len, **args)
-            else:
-                metrics = runner.evaluate(method, inputs[seed][method], out, **args)
+            metrics = run_method(method, root, seed, inputs[seed], max_gen_len, args)
             if metrics is not None:
                 runs.setdefault(method_label(metrics), []).append(metrics)
     if not is_main:
@@ -215,11 +193,48 @@ def run_seeds(
         "dataset": data.name, "k": k, "seeds": seed_list, "n_sample": n_sample, "sample_seed": sample_seed,
         "methods": summarize(runs),
     }
-    table = summary_table(summary["methods"], seed_list)
-    write_json_atomic(str(root / "summary.json"), summary, indent=2)
-    with writing(root / "summary.md"):
-        (root / "summary.md").write_text(f"{data.name}, k={k}, seeds {seed_list}: accuracy per seed, mean ± std\n\n"
-                                         + table + "\n", encoding="utf-8")
-    print(table)
-    print(f"Wrote {root / 'summary.json'} and {root / 'summary.md'}")
+    write_summary(summary, root)
     return summary
+
+
+def write_inputs(
+    data: Dataset, root: Path, methods: Sequence[str], seed_list: Sequence[int], k: int, n_sample: int,
+    sample_seed: int,
+) -> Dict[int, Dict[str, str]]:
+    """{seed: {method: input file}}: every seed's inputs first, so a bad k or sample fails before any scoring."""
+    inputs: Dict[int, Dict[str, str]] = {}
+    for seed in seed_list:
+        inputs[seed] = {}
+        for method in methods:
+            records = random_demo_records(data, method, k=k, seed=seed, sample=n_sample > 0, n_sample=n_sample,
+                                          sample_seed=sample_seed)
+            path = seed_inputs_path(root, seed, method)
+            write_json_atomic(str(path), records, indent=2)
+            inputs[seed][method] = str(path)
+    return inputs
+
+
+def run_method(
+    method: str, root: Path, seed: int, inputs: Dict[str, str], max_gen_len: int, args: Dict[str, Any]
+) -> Optional[Dict[str, Any]]:
+    """One seed's run of ``method`` (a calibration re-scores that seed's direct run)."""
+    out = str(seed_outputs_path(root, seed, method))
+    if method in CALIBRATIONS:
+        args.update(direct_output_path=str(seed_outputs_path(root, seed, "direct")), calibration=method)
+        return evaluate("calibrate", inputs["direct"], out, **args)
+    if method == "generate":
+        return evaluate("generate", inputs["direct"], out, max_gen_len=max_gen_len, **args)
+    return evaluate(method, inputs[method], out, **args)
+
+
+def write_summary(summary: Dict[str, Any], root: Path) -> None:
+    """``summary.json`` and the table as ``summary.md``; print the table."""
+    seed_list = summary["seeds"]
+    table = summary_table(summary["methods"], seed_list)
+    json_path, md_path = summary_paths(root)
+    write_json_atomic(str(json_path), summary, indent=2)
+    with writing(md_path):
+        md_path.write_text(f"{summary['dataset']}, k={summary['k']}, seeds {seed_list}: accuracy per seed, "
+                           "mean ± std\n\n" + table + "\n", encoding="utf-8")
+    print(table)
+    print(f"Wrote {json_path} and {md_path}")

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from classification.errors import ClassificationError, json_cause
-from classification.presets import Source
-from classification.sampling import N_CLASSES, Example, holdout_split
+from classification.inputs.presets import Source
+from classification.inputs.sampling import N_CLASSES, Example, holdout_split
 
 FILE_FORMATS = ("csv", "json", "jsonl", "parquet", "ag_news_csv")
 
@@ -69,7 +69,7 @@ def _file_format(path: Path, fmt: Optional[str]) -> str:
 def read_parquet(path: Path) -> List[Tuple[str, Dict[str, Any]]]:
     """(where, row) pairs of a parquet file, through ``datasets.load_dataset("parquet", ...)``."""
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets  # type: ignore[import-not-found]  # optional package: imported where used
     except ImportError:
         raise ClassificationError(f"{path}: reading parquet needs the `datasets` package: `pip install datasets`") from None
     try:
@@ -238,7 +238,7 @@ def load_hub(
     Without label words, the label column's ClassLabel names are used.
     """
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets  # type: ignore[import-not-found]  # optional package: imported where used
     except ImportError:
         raise ClassificationError(
             f"reading {source.hub} from the Hugging Face hub needs the `datasets` package: `pip install datasets`, "

@@ -16,11 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from classification.datasets import Dataset, make_records, preprocess_dataset
 from classification.errors import ClassificationError
-from classification.presets import get_preset
-from classification.sampling import Example
-from classification.sources import read_ag_news_csv
+from classification.inputs.datasets import Dataset, random_demo_records
+from classification.inputs.presets import get_preset
+from classification.inputs.sampling import Example
+from classification.inputs.sources import read_ag_news_csv
 from classification.templates import AG_NEWS_LABEL_WORDS
 
 
@@ -36,7 +36,7 @@ def load_ag_news(data_dir: Optional[str] = None) -> Tuple[List[Example], List[Ex
             )
         return read_ag_news_csv(root / "train.csv"), read_ag_news_csv(root / "test.csv")
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets  # type: ignore[import-not-found]  # optional package: imported where used
     except ImportError:
         raise ClassificationError(
             "reading ag_news from the Hugging Face hub needs the `datasets` package: pass "
@@ -64,25 +64,4 @@ def build_records(
     """ag_news input records for ``method`` from already-loaded splits (the ``ag_news`` preset)."""
     preset = get_preset("ag_news")
     dataset = Dataset("ag_news", list(train), list(test), list(label_words), dict(preset.templates), preset.instruction)
-    return make_records(dataset, method, k=k, seed=seed, sample=sample, n_sample=n_sample)
-
-
-def preprocess(
-    method: str,
-    data_path: str,
-    sample: bool = True,
-    k: int = 1,
-    seed: int = 42,
-    data_dir: Optional[str] = None,
-    n_sample: int = 16,
-    **demos: Any,
-) -> List[Dict[str, Any]]:
-    """Build ag_news input records for ``method`` and write them to ``data_path`` (JSON list).
-
-    The ``ag_news`` preset of :func:`classification.datasets.preprocess_dataset` (``demos``: its
-    demonstration flags, e.g. ``demos="bm25"``).
-    """
-    return preprocess_dataset(
-        preset="ag_news", method=method, data_path=data_path, k=k, seed=seed, sample=sample, n_sample=n_sample,
-        data_dir=data_dir, **demos,
-    )
+    return random_demo_records(dataset, method, k=k, seed=seed, sample=sample, n_sample=n_sample)

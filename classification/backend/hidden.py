@@ -1,7 +1,8 @@
-"""Hidden states of the scoring model: at the label-predicting position, and mean-pooled texts.
+"""Hidden states of a :class:`~classification.backend.scoring.LlamaLM`: at the label-predicting
+position, mean-pooled over texts, and through the output head.
 
-Everything that needs the model's hidden states goes through three functions, so their source can
-change (e.g. be folded into the fast scorer) without touching their users:
+These are the LlamaLM's :class:`~classification.lm.HiddenStateModel` methods (it calls them with
+itself), run on its ``model`` (:class:`llama.model.Transformer`) in padded batches:
 
 - :func:`context_hidden` -- the final-normed hidden state at the last token of each context, the
   position whose next-token distribution scores the label (``--save_hidden``, hidden/kNN
@@ -13,33 +14,20 @@ change (e.g. be folded into the fast scorer) without touching their users:
   states (``Transformer.forward(..., return_hidden=True)`` returns ``norm(h)``, so
   ``output(hidden)`` are exactly the logits).
 
-A language model object may provide its own ``context_hidden`` / ``text_embeddings`` /
-``next_token_log_probs`` methods (the test double does); otherwise its ``model``
-(:class:`llama.model.Transformer`) is run here in padded batches.
-
-Saved hidden states are float16 ``.npy`` files, one row per input record in record order, named
-``<output stem>.hidden.npy``.  While a run is in progress each result carries its row as base64
-float16 (``hidden_b64``), so resume and data-parallel gathering work as for every other result.
+Saving them with the results and in files: :mod:`classification.states`.
 """
 
 from __future__ import annotations
 
-import base64
-from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, List, Sequence
 
 import numpy as np
+import torch
 
-from classification import methods
-from classification.errors import ClassificationError, writing
+from classification.errors import ClassificationError
 
 EMBED_MAX_TOKENS = 256  # texts are cut to this many tokens for embedding (retrieval needs no more)
 _BATCH_TOKENS = 4096
-
-
-def hidden_path(output_path: str) -> str:
-    """``outputs_direct_x.json`` -> ``outputs_direct_x.hidden.npy``."""
-    return str(Path(output_path).with_suffix(".hidden.npy"))
 
 
 def _run_model(lm: Any, token_lists: Sequence[List[int]], pool: str, skip_first: bool = False) -> np.ndarray:
@@ -48,8 +36,6 @@ def _run_model(lm: Any, token_lists: Sequence[List[int]], pool: str, skip_first:
     For "last", the shared prefix (the demonstrations of random prompts) comes from the scorer's
     own cache (``LlamaLM.prefix_for``: the file's prefix, computed once per run).
     """
-    import torch
-
     model = lm.model
     device = model.tok_embeddings.weight.device
     pad = int(lm.tokenizer.eos_id)
@@ -92,9 +78,6 @@ def _run_model(lm: Any, token_lists: Sequence[List[int]], pool: str, skip_first:
 
 def context_hidden(lm: Any, contexts: Sequence[str]) -> np.ndarray:
     """(n, dim) float32: the final hidden state at the last token of each context (BOS as scored)."""
-    own = getattr(lm, "context_hidden", None)
-    if callable(own):
-        return np.asarray(own(list(contexts)), dtype=np.float32)
     bos = bool(getattr(lm.tokenizer, "add_bos", True))
     ids = [lm.tokenizer.encode(c, bos=bos, eos=False) for c in contexts]
     if any(not t for t in ids):
@@ -111,9 +94,6 @@ def context_hidden(lm: Any, contexts: Sequence[str]) -> np.ndarray:
 
 def text_embeddings(lm: Any, texts: Sequence[str]) -> np.ndarray:
     """(n, dim) float32: mean-pooled final hidden states of each text alone (first 256 tokens, no BOS)."""
-    own = getattr(lm, "text_embeddings", None)
-    if callable(own):
-        return np.asarray(own(list(texts)), dtype=np.float32)
     bos = bool(getattr(lm.tokenizer, "add_bos", True))
     ids = [lm.tokenizer.encode(t, bos=bos, eos=False)[: EMBED_MAX_TOKENS + bos] or [lm.tokenizer.eos_id]
            for t in texts]
@@ -122,11 +102,6 @@ def text_embeddings(lm: Any, texts: Sequence[str]) -> np.ndarray:
 
 def next_token_log_probs(lm: Any, hidden: np.ndarray, chunk: int = 256) -> np.ndarray:
     """(n, vocab) float32: log-softmax of the output head applied to final-normed hidden states."""
-    own = getattr(lm, "next_token_log_probs", None)
-    if callable(own):
-        return np.asarray(own(np.asarray(hidden, dtype=np.float32)), dtype=np.float32)
-    import torch
-
     head = lm.model.output
     weight = lm.model.tok_embeddings.weight
     parts = []
@@ -135,52 +110,3 @@ def next_token_log_probs(lm: Any, hidden: np.ndarray, chunk: int = 256) -> np.nd
             x = torch.from_numpy(np.asarray(hidden[i : i + chunk], dtype=np.float32)).to(weight.device, weight.dtype)
             parts.append(torch.log_softmax(head(x).float(), dim=-1).cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
-
-
-def record_contexts(lm: Any, records: Sequence[Dict[str, Any]], completion_end: str = "eos") -> List[str]:
-    """Each record's direct context as scored (test text shortened to fit, as the direct method does)."""
-    suffix = methods.completion_suffix(completion_end)
-    contexts = []
-    for pos, rec in enumerate(records):
-        needed = methods._loglikelihood_needed(lm, rec, suffix)
-        text, _ = methods.fit_text(lm, rec["text"], needed, f"record {pos}'s prompt")
-        contexts.append(methods.request(rec, text, rec["label_words"][0], suffix)[0])
-    return contexts
-
-
-def attach_hidden(
-    lm: Any, records: Sequence[Dict[str, Any]], results: List[Dict[str, Any]], completion_end: str = "eos"
-) -> None:
-    """Add each record's label-predicting hidden state to its result (base64 float16, ``hidden_b64``)."""
-    states = context_hidden(lm, record_contexts(lm, records, completion_end)).astype(np.float16)
-    for result, row in zip(results, states):
-        result["hidden_b64"] = base64.b64encode(row.tobytes()).decode("ascii")
-
-
-def save_hidden(path: str, results: Sequence[Dict[str, Any]]) -> None:
-    """Write the ``hidden_b64`` rows of ``results`` (record order) as one float16 (n, dim) ``.npy``."""
-    rows = [np.frombuffer(base64.b64decode(r["hidden_b64"]), dtype=np.float16) for r in results]
-    tmp = Path(path).with_suffix(".tmp.npy")
-    with writing(path):
-        np.save(tmp, np.stack(rows))
-        tmp.replace(path)
-
-
-def load_hidden(path: str, n: int, what: str, hint: str) -> np.ndarray:
-    """(n, dim) float32 hidden states from ``path``; one-line error when missing, of another size,
-    or holding a NaN or infinity (damaged bytes; a calibration fitted on them would be NaN)."""
-    if not Path(path).is_file():
-        raise ClassificationError(f"{what} has no saved hidden states ({path} not found); {hint}")
-    try:
-        states = np.load(path)
-    except (OSError, ValueError, EOFError) as e:
-        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ClassificationError(f"{path}: cannot read hidden states: {cause}; {hint}") from None
-    if states.ndim != 2 or states.shape[0] != n or not np.issubdtype(states.dtype, np.floating):
-        raise ClassificationError(f"{path} holds hidden states of shape {states.shape} ({states.dtype}), expected "
-                                  f"{n} rows of floats; {hint}")
-    bad = np.nonzero(~np.isfinite(states).all(axis=1))[0]
-    if len(bad):
-        raise ClassificationError(f"{path}: the hidden states of {len(bad)} record(s) (first: row {bad[0]}) hold NaN "
-                                  f"or infinite values; {hint}")
-    return states.astype(np.float32)

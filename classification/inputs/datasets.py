@@ -1,11 +1,11 @@
 """Any text-classification dataset, from flags to input records.
 
 :func:`load_dataset` resolves the dataset flags of ``run_preprocess.py`` (a preset of
-:mod:`classification.presets`, local files or a hub id; rows read by
-:mod:`classification.sources`) into (train, test) lists of examples;
-:func:`make_records` turns them into input records exactly as for ag_news: ``k`` seeded
+:mod:`classification.inputs.presets`, local files or a hub id; rows read by
+:mod:`classification.inputs.sources`) into (train, test) lists of examples;
+:func:`random_demo_records` turns them into input records exactly as for ag_news: ``k`` seeded
 demonstrations per class from train, a stratified seeded test sample
-(:mod:`classification.sampling`), one template per method
+(:mod:`classification.inputs.sampling`), one template per method
 (:func:`classification.templates.parse_template`).
 """
 
@@ -18,12 +18,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification.cli import as_list
 from classification.errors import ClassificationError, check_int
-from classification.fileio import check_not_inputs, check_output_path, write_json_atomic
 from classification.methods import TEMPLATE_METHODS
-from classification.presets import DEFAULT_TEMPLATES, PRESETS, Source, get_preset
-from classification.sampling import Example, sample_test, select_demonstrations
-from classification.sources import load_hub, load_local, read_labels_txt
-from classification.templates import build_prompt_from_template, parse_template, unescape_cli
+from classification.inputs.presets import DEFAULT_TEMPLATES, PRESETS, Source, get_preset
+from classification.inputs.sampling import Example, sample_test, select_demonstrations
+from classification.inputs.sources import load_hub, load_local, read_labels_txt
+from classification.templates import build_prompt_from_template, parse_template
 
 
 @dataclass
@@ -184,7 +183,7 @@ def load_dataset(
     )
 
 
-def make_records(
+def random_demo_records(
     dataset: Dataset,
     method: str,
     template: Optional[str] = None,
@@ -227,55 +226,3 @@ def make_records(
         for ex in chosen
     ]
 
-
-def preprocess_dataset(
-    preset: Optional[str] = None,
-    method: str = "direct",
-    data_path: Optional[str] = None,
-    template: Optional[str] = None,
-    k: int = 1,
-    seed: int = 42,
-    sample: bool = True,
-    n_sample: int = 16,
-    sample_seed: Optional[int] = None,
-    demos: str = "random",
-    demo_pool: Optional[int] = None,
-    n_anchor: int = 0,
-    embedder: Optional[str] = None,
-    ckpt_dir: str = "checkpoints/smollm2/135M",
-    tokenizer_path: str = "checkpoints/smollm2/tokenizer.json",
-    **source: Any,
-) -> List[Dict[str, Any]]:
-    """``run_preprocess.py``: resolve the dataset (``source``: :func:`load_dataset`'s flags), build
-    ``method`` records and write them to ``data_path``.  ``n_sample`` 0 means the whole test split.
-    ``demos``, ``demo_pool``, ``n_anchor``, ``embedder``: see :mod:`classification.retrieval`."""
-    from classification import retrieval
-
-    retrieval.check_demos(demos, demo_pool, embedder, n_anchor)
-    if method not in TEMPLATE_METHODS:
-        raise ClassificationError(f"--method {method!r} is not one of {', '.join(TEMPLATE_METHODS)}")
-    if preset is not None:
-        get_preset(preset)
-    if template is not None:
-        template = unescape_cli(template)
-        parse_template(template, method)
-    if n_sample == 0:
-        sample = False
-    given = source.get("name")
-    name = check_name(given) if given is not None else dataset_name(
-        preset, source.get("hub"), source.get("train"), source.get("data_dir"))
-    path = data_path or f"samples/inputs_{method}_{name}.json"
-    check_output_path(path, "--data_path")
-    dataset = load_dataset(preset=preset, **source)
-    outputs = [("--data_path", path)] + ([("the anchors of --data_path", retrieval.anchors_path(path))] if n_anchor else [])
-    check_not_inputs(outputs, [("the dataset file", f) for f in dataset.files])  # never over the user's data
-    embed, tag = retrieval.embedder_for(embedder, ckpt_dir, tokenizer_path) if demos == "knn" else (None, "")
-    records, anchors = retrieval.build_records(
-        dataset, method, template, k, seed, sample, n_sample, sample_seed, demos, demo_pool, n_anchor, embed,
-        Path(path).parent / f"embeddings.{tag}.npz")
-    write_json_atomic(path, records, indent=2)
-    if anchors:
-        write_json_atomic(retrieval.anchors_path(path), anchors, indent=2)
-        print(f"Wrote {len(anchors)} anchor records ({n_anchor} per class) to {retrieval.anchors_path(path)}")
-    print(f"Wrote {len(records)} {method} records of {dataset.name} ({k} demonstration(s) per class) to {path}")
-    return records

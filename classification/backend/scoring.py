@@ -20,13 +20,14 @@ Both compute the same numbers: log p(continuation tokens [+ EOS] | context).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from llama.generation import generate
+from classification.backend import hidden as hidden_states
+from llama.generation import generate_tokens
 from llama.model import KVCache, Transformer
 
 SCORING_MODES = ("fast", "naive")
@@ -159,6 +160,7 @@ class LlamaLM:
         append_eos: bool = True,
         scoring: str = "fast",
         max_batch_tokens: Optional[int] = None,
+        runtime: Optional[Any] = None,
     ):
         if scoring not in SCORING_MODES:
             raise ValueError(f"scoring must be one of {SCORING_MODES}, not {scoring!r}")
@@ -179,6 +181,8 @@ class LlamaLM:
         # token (the position that scores the label), for take_hidden; {context ids: (dim,)}.
         self.keep_hidden = False
         self._hidden: Dict[Tuple[int, ...], np.ndarray] = {}
+        # The process layout the model was loaded for (llama.runtime.Runtime; None: one process).
+        self.runtime = runtime
 
     def set_shared_prefix(self, text: str) -> Optional[float]:
         """Cache the tokens of ``text`` (minus its last token) once for every later request.
@@ -407,6 +411,17 @@ class LlamaLM:
         self._hidden.clear()
         return got
 
+    # -- hidden states (classification.lm.HiddenStateModel; computed in backend.hidden) ------------
+
+    def context_hidden(self, contexts: Sequence[str]) -> np.ndarray:
+        return hidden_states.context_hidden(self, contexts)
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        return hidden_states.text_embeddings(self, texts)
+
+    def next_token_log_probs(self, states: np.ndarray) -> np.ndarray:
+        return hidden_states.next_token_log_probs(self, states)
+
     # -- generation --------------------------------------------------------------------------
 
     def generate_until(
@@ -429,41 +444,7 @@ class LlamaLM:
                 batch = [p[plen:] for p in prompts[start: start + self.max_batch_size]]
                 self.tokens_processed += sum(len(p) for p in batch)
                 seeds = seed[start: start + self.max_batch_size] if isinstance(seed, (list, tuple)) else seed
-                out += generate(self.model, self.tokenizer, batch, max_gen_len, temperature, top_p, stop, seeds,
-                                prefix=prefix, prefix_len=plen)
+                out += generate_tokens(self.model, self.tokenizer, batch, max_gen_len, temperature, top_p, stop,
+                                       seeds, prefix=prefix, prefix_len=plen)
         return out
 
-
-def load_lm(
-    ckpt_dir: str,
-    tokenizer_path: str,
-    max_seq_len: int = 2048,
-    max_batch_size: int = 16,
-    dtype: Optional[str] = None,
-    device: Optional[str] = None,
-    scoring: str = "fast",
-    append_eos: bool = True,
-    model_parallel_size: Optional[int] = None,
-    quantize: str = "none",
-):
-    """Set up the runtime, load tokenizer and model; returns (LlamaLM, Runtime)."""
-    import time
-
-    from llama.checkpoint import CheckpointError, count_shards, load_model
-    from llama.quantize import calibration_tokens, detect_int8_kernel, quantize_model
-    from llama.runtime import setup_runtime
-    from llama.tokenizer import load_tokenizer
-
-    try:
-        rt = setup_runtime(model_parallel_size or count_shards(ckpt_dir), dtype=dtype, device=device, source=ckpt_dir)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    start = time.time()
-    tokenizer = load_tokenizer(tokenizer_path)
-    model = load_model(ckpt_dir, rt.device, rt.dtype, rt.mp_rank, rt.mp_size, max_seq_len, max_batch_size,
-                       vocab_size=tokenizer.n_words)
-    model = quantize_model(model, quantize, rt.device, calibration=calibration_tokens(tokenizer))
-    kernel = f", int8 kernel {detect_int8_kernel()}" if quantize == "int8" and rt.device.type == "cpu" else ""
-    print(f"Loaded {ckpt_dir} ({rt.dtype}, {rt.device}, mp={rt.mp_size}, dp={rt.dp_size}{kernel}) "
-          f"in {time.time() - start:.1f}s")
-    return LlamaLM(model, tokenizer, max_batch_size, append_eos, scoring), rt

@@ -1,7 +1,7 @@
 """Resumable, data-parallel scoring: partial files, their writer, fingerprints and sharding.
 
 Every finished chunk is appended to ``<output_path>.partial.jsonl`` (one file per data-parallel
-rank, ``<output_path>.partial.<rank>.jsonl``, when there are several), whose first line is a
+rank, ``<output_path>.partial.<rank>.jsonl``, when there are several: :mod:`classification.paths`), whose first line is a
 fingerprint of everything that changes the results.  A rerun with the same fingerprint skips what
 those files hold, so a run killed half way loses at most the chunk in flight and scores nothing
 twice; a fingerprint mismatch starts over.  The files go once the output is written.
@@ -9,8 +9,6 @@ twice; a fingerprint mismatch starts over.  The files go once the output is writ
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import math
 import os
@@ -24,13 +22,11 @@ from tqdm import tqdm
 
 from classification.errors import writing
 from classification.fileio import file_sha256, write_json_atomic
+from classification.paths import metrics_path, partial_files, partial_path
 
 CHUNK_SIZE = 64
 SAVE_EVERY_S = 10.0
 PARTIAL_VERSION = 2
-# Files up to this size are hashed whole; larger ones (weights) by size, mtime and their ends.
-WHOLE_HASH_BYTES = 64 << 20
-END_BYTES = 1 << 20
 
 Result = Dict[str, Any]
 
@@ -55,48 +51,9 @@ class LocalRuntime:
         pass
 
 
-def metrics_path(output_path: str) -> str:
-    """``samples/outputs_x.json`` -> ``samples/outputs_x.metrics.json``."""
-    return str(Path(output_path).with_suffix(".metrics.json"))
-
-
-def partial_path(output_path: str, dp_rank: int = 0, dp_size: int = 1) -> str:
-    """The JSONL file a data-parallel rank appends its finished results to."""
-    return f"{output_path}.partial.jsonl" if dp_size == 1 else f"{output_path}.partial.{dp_rank}.jsonl"
-
-
-def partial_files(output_path: str) -> List[str]:
-    return sorted(glob.glob(glob.escape(output_path) + ".partial*.jsonl"))
-
-
 def shard(positions: Sequence[int], dp_rank: int, dp_size: int) -> List[int]:
     """A data-parallel rank's share: every ``dp_size``-th position starting at ``dp_rank``."""
     return list(positions[dp_rank::dp_size])
-
-
-def file_digest(path: str) -> Dict[str, Any]:
-    """What identifies a file's content cheaply: its sha256, or for a large file its size, mtime
-    and a hash of its first and last MiB (so a file rewritten in place with the same size fails)."""
-    st = os.stat(path)
-    if st.st_size <= WHOLE_HASH_BYTES:
-        return {"sha256": file_sha256(path)}
-    h = hashlib.sha256()  # over two reads, so not file_sha256
-    with open(path, "rb") as f:
-        h.update(f.read(END_BYTES))
-        f.seek(-END_BYTES, os.SEEK_END)
-        h.update(f.read(END_BYTES))
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ends_sha256": h.hexdigest()}
-
-
-def files_fingerprint(path: str) -> Dict[str, Any]:
-    """:func:`file_digest` of a file, or of every file in a folder (by name); a missing path is
-    recorded as missing (a model given as an object, in tests)."""
-    p = Path(path)
-    if p.is_file():
-        return file_digest(str(p))
-    if p.is_dir():
-        return {f.name: file_digest(str(f)) for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")}
-    return {"missing": str(path)}
 
 
 def differing_keys(old: Any, new: Dict[str, Any]) -> List[str]:

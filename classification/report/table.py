@@ -1,6 +1,6 @@
 """A results table (method, n, accuracy with its 95 % Wilson interval, macro-F1, time) from ``*.metrics.json`` files.
 
-    python -m classification.table samples/outputs_*_ag_news.metrics.json
+    python -m classification.report.table samples/outputs_*_ag_news.metrics.json
 """
 
 from __future__ import annotations

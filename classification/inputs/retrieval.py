@@ -7,11 +7,11 @@ input, as in KATE, Liu et al. 2022):
 - ``bm25``: BM25 scores of the training texts for the input's text (``bm25s``, English stop
   words removed, scikit-learn's word pattern);
 - ``knn``: cosine similarity of text embeddings.  The default embedder is the scoring model
-  itself (:func:`classification.hidden.text_embeddings`: mean-pooled last hidden states of each
-  text alone), so it works offline with any checkpoint; ``--embedder PATH`` takes a local
-  sentence-transformers model instead (optional package).  Embeddings are cached beside the
-  records (``embeddings.<embedder>.npz``, keyed by a hash of each text), so seeds, k and methods
-  that share a folder embed each text once.
+  itself (its ``text_embeddings``: mean-pooled last hidden states of each text alone, loaded by
+  the caller's loader only when a text is not cached), so it works offline with any checkpoint;
+  ``--embedder PATH`` takes a local sentence-transformers model instead (optional package).
+  Embeddings are cached beside the records (``embeddings.<embedder>.npz``, keyed by a hash of each
+  text), so seeds, k and methods that share a folder embed each text once.
 
 Ties go to the earlier training example.  A training example whose text equals the input's is
 never its demonstration (duplicates across splits would leak the label; an anchor never sees
@@ -22,13 +22,12 @@ Anchors (``--n_anchor m``): m training examples per class, drawn with the seed, 
 own records with the test set's prompt (``<data_path stem>.anchors.json``) for the hidden and kNN
 calibrations.  They are never demonstrations: random demonstrations are drawn first (so the test
 records stay byte-identical) and the anchors from the rest; for bm25/knn the anchors are taken
-out of the retrieval pool.
+out of the retrieval pool.  :func:`records_and_anchors` builds both, for any ``--demos``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from pathlib import Path
@@ -36,17 +35,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from classification.sampling import Example, by_class, stratified
 from classification.errors import ClassificationError, check_int, writing
-from classification.templates import has_placeholder
+from classification.inputs.datasets import Dataset, random_demo_records
+from classification.inputs.sampling import Example, by_class, select_demonstrations, stratified
+from classification.lm import HiddenStateModel
+from classification.fileio import files_digest
+from classification.paths import embedder_tag, staging_path
+from classification.templates import build_prompt_from_template, has_placeholder
 
 DEMOS = ("random", "bm25", "knn")
 Selector = Callable[[Sequence[Example]], List[List[Example]]]
-
-
-def anchors_path(data_path: str) -> str:
-    """``inputs_direct_x.json`` -> ``inputs_direct_x.anchors.json``."""
-    return str(Path(data_path).with_suffix(".anchors.json"))
 
 
 def check_demos(demos: str, demo_pool: Optional[int], embedder: Optional[str], n_anchor: int) -> None:
@@ -100,7 +98,7 @@ def nearest_per_class(
 def bm25_scorer(pool_texts: Sequence[str]) -> Callable[[str], np.ndarray]:
     """A function text -> (n_pool,) BM25 scores of the pool's texts (the index is built once)."""
     try:
-        import bm25s
+        import bm25s  # third-party, needed by --demos bm25 only: imported where used
     except ImportError:
         raise ClassificationError("--demos bm25 needs the `bm25s` package: pip install bm25s") from None
     corpus = bm25s.tokenize(list(pool_texts), stopwords="en", show_progress=False)
@@ -190,7 +188,7 @@ class EmbeddingCache:
                     f"{vecs.shape[1]}-dimensional ones; delete it to embed the texts again"
                 )
             self.vectors.update({k: v for (k, _), v in zip(missing, vecs)})
-            tmp = self.path.with_suffix(".tmp.npz")
+            tmp = staging_path(self.path)
             with writing(self.path):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(tmp, keys=np.array(list(self.vectors)), vectors=np.stack(list(self.vectors.values())))
@@ -201,7 +199,7 @@ class EmbeddingCache:
 def sentence_transformer(path: str) -> Callable[[List[str]], np.ndarray]:
     """The encode function of a local sentence-transformers model (optional package)."""
     try:
-        from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
+        from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]  # optional package
     except ImportError:
         raise ClassificationError(
             "--embedder needs the optional `sentence-transformers` package (pip install sentence-transformers), "
@@ -252,55 +250,43 @@ def make_selector(
 Embed = Callable[[List[str]], np.ndarray]
 
 
-def embedder_for(embedder: Optional[str], ckpt_dir: str, tokenizer_path: str) -> Tuple[Embed, str]:
-    """(embed function, cache tag) for ``--embedder`` (a sentence-transformers path) or the scoring model.
+def embedder_for(
+    embedder: Optional[str], ckpt_dir: str, tokenizer_path: str, load_lm: Callable[[], HiddenStateModel]
+) -> Tuple[Embed, str]:
+    """(embed function, cache tag) for ``--embedder`` (a sentence-transformers path) or the scoring
+    model at ``ckpt_dir``, which ``load_lm`` loads the first time a text is not cached.
 
     The tag names the embedder and fingerprints its files' content (model and tokenizer; the
     digests resumed runs are checked with), so weights changed in place get a cache of their own
     instead of the demonstrations their old embeddings chose."""
     if embedder is not None:
-        return sentence_transformer(embedder), "st-" + _tag(embedder, [embedder])
-    from classification.hidden import text_embeddings
-    from classification.runner import load_model
+        return sentence_transformer(embedder), "st-" + embedder_tag(embedder, files_digest([embedder]))
 
     state: Dict[str, Any] = {}
 
     def embed(texts: List[str]) -> np.ndarray:
         if "lm" not in state:  # loaded only when something is not cached yet
-            state["lm"] = load_model(ckpt_dir, tokenizer_path, 2048, 16, None, None, "fast", True)[0]
-        return text_embeddings(state["lm"], texts)
+            state["lm"] = load_lm()
+        return np.asarray(state["lm"].text_embeddings(texts), dtype=np.float32)
 
-    return embed, _tag(ckpt_dir, [ckpt_dir, tokenizer_path])
-
-
-def _tag(path: str, content: Sequence[str]) -> str:
-    """A file-name part: the last two parts of ``path``, then a hash of the ``content`` files' fingerprints."""
-    from classification.resume import files_fingerprint
-
-    p = Path(path)
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(p.resolve().parts[-2:]))
-    prints = json.dumps([files_fingerprint(c) for c in content], sort_keys=True)
-    return f"{name}-{hashlib.sha256(prints.encode()).hexdigest()[:12]}"
+    return embed, embedder_tag(ckpt_dir, files_digest([ckpt_dir, tokenizer_path]))
 
 
-def build_records(
-    dataset: Any, method: str, template: Optional[str], k: int, seed: int, sample: bool, n_sample: int,
+def records_and_anchors(
+    dataset: Dataset, method: str, template: Optional[str], k: int, seed: int, sample: bool, n_sample: int,
     sample_seed: Optional[int], demos: str = "random", demo_pool: Optional[int] = None, n_anchor: int = 0,
     embed: Optional[Callable[[List[str]], np.ndarray]] = None, cache_path: Optional[Path] = None,
 ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """(test records, anchor records) of ``dataset`` (:class:`classification.datasets.Dataset`).
+    """(test records, anchor records) of ``dataset`` (:class:`classification.inputs.datasets.Dataset`).
 
-    ``demos`` random: :func:`classification.datasets.make_records`'s records, unchanged.  bm25/knn:
-    the same records with each prompt's demonstrations retrieved for its input; each record keeps
-    the train indices of its demonstrations (``demo_indices``, in prompt order).
+    ``demos`` random: :func:`classification.inputs.datasets.random_demo_records`'s records,
+    unchanged.  bm25/knn: the same records with each prompt's demonstrations retrieved for its
+    input; each record keeps the train indices of its demonstrations (``demo_indices``, in prompt
+    order).
     """
-    from classification.sampling import select_demonstrations
-    from classification.datasets import make_records
-    from classification.templates import build_prompt_from_template
-
     n_classes = len(dataset.label_words)
     if demos == "random":
-        records = make_records(dataset, method, template, k=k, seed=seed, sample=sample, n_sample=n_sample,
+        records = random_demo_records(dataset, method, template, k=k, seed=seed, sample=sample, n_sample=n_sample,
                                sample_seed=sample_seed)
         if not n_anchor:
             return records, []
@@ -308,7 +294,7 @@ def build_records(
         anchors = draw_anchors(dataset.train, n_anchor, seed, n_classes, taken)
         return records, [_anchor_record(records[0], ex, records[0]["prompt"], None) for ex in anchors]
     # Zero-shot records carry the sample, instruction and tail; the retrieved demonstrations go in between.
-    base = make_records(dataset, method, template, k=0, seed=seed, sample=sample, n_sample=n_sample,
+    base = random_demo_records(dataset, method, template, k=0, seed=seed, sample=sample, n_sample=n_sample,
                         sample_seed=sample_seed)
     chosen_template = template if template is not None else dataset.templates[method]
     instruction = dataset.instruction if template is None else ""

@@ -1,5 +1,5 @@
 # make demo : set everything up (once) and run the main job on an ag_news sample
-# make test : run the test suite
+# make test : run the test suite (make test-all: with the slow golden runs too)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ AG_NEWS := $(wildcard ../shared/data/ag_news/test.csv)
 DATA_FLAG := $(if $(AG_NEWS),--data_dir ../shared/data/ag_news,)
 N_SAMPLE ?= 100
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test test-all clean-demo
 
 $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,4 +36,7 @@ demo: setup
 	$(PY) -m classification.report.table samples/outputs_{direct,direct_calibrate,channel,generate}_ag_news.metrics.json
 
 test: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: setup
 	$(PY) -m pytest -q tests

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import fire
+import pytest
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "runs.json"
 TOLERANCE = 1e-5
@@ -80,6 +81,7 @@ def produce(root: Path, data: Path, model_dir: Path, work: Path) -> Dict[str, An
     return {"records_sha256": records, "outputs": outputs}
 
 
+@pytest.mark.slow
 def test_golden_runs(root, shared_data, default_model_dir, tmp_path):
     got = produce(root, shared_data, default_model_dir, tmp_path)
     if os.environ.get("GOLDEN_WRITE") == "1":

@@ -54,9 +54,9 @@ def fenced_blocks(text: str) -> List[Tuple[str, str]]:
     return blocks
 
 
-def prose(text: str) -> str:
-    """The text outside fenced blocks and inline code spans (where links live)."""
-    out, in_block, fence = [], False, ""
+def unfenced(text: str) -> Iterator[str]:
+    """The lines of a Markdown text outside fenced blocks."""
+    in_block, fence = False, ""
     for line in text.splitlines():
         m = FENCE.match(line)
         if m and not in_block:
@@ -66,8 +66,12 @@ def prose(text: str) -> str:
             if line.strip().startswith(fence):
                 in_block = False
             continue
-        out.append(re.sub(r"`[^`]*`", "", line))
-    return "\n".join(out)
+        yield line
+
+
+def prose(text: str) -> str:
+    """The text outside fenced blocks and inline code spans (where links live)."""
+    return "\n".join(re.sub(r"`[^`]*`", "", line) for line in unfenced(text))
 
 
 def slug(heading: str) -> str:
@@ -81,16 +85,7 @@ def heading_anchors(path: Path) -> FrozenSet[str]:
     """Anchors computed from the raw heading lines (inline code kept as text)."""
     seen: Dict[str, int] = {}
     out = set()
-    in_block, fence = False, ""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        m = FENCE.match(line)
-        if m and not in_block:
-            in_block, fence = True, m.group(2)
-            continue
-        if in_block:
-            if line.strip().startswith(fence):
-                in_block = False
-            continue
+    for line in unfenced(path.read_text(encoding="utf-8")):
         h = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
         if h:
             base = slug(h.group(1).replace("`", ""))

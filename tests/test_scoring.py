@@ -273,6 +273,7 @@ def ag_news_k4_results(smollm, ag_news_k4) -> Callable[[str, str], list]:
     return results
 
 
+@pytest.mark.slow  # ~2 minutes; the k=1 end-to-end runs check the same in make test
 @pytest.mark.parametrize("method", ["direct", "channel", "calibrate", "generate"])
 def test_fast_equals_naive_on_real_ag_news_k4(smollm, ag_news_k4, ag_news_k4_results, method):
     """The acceptance check of the fast path on the data it is built for: long shared prompts of

@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 
 from llama import verify
-from llama.errors import CheckpointError
+from llama.errors import CheckpointError, first_line
 from llama.model import ModelArgs, Transformer
 from llama.parallel import shard_dim
-from llama.tokenizer import _first_line, gguf_field, open_gguf
+from llama.tokenizer import gguf_field, open_gguf
 
 StateDict = Dict[str, Tensor]
 
@@ -40,7 +40,7 @@ def _read_json(path: Path, fix: str) -> Any:
     except UnicodeDecodeError:
         cause = "not UTF-8 text"
     except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
-        cause = _first_line(e)
+        cause = first_line(e)
     except OSError as e:
         cause = f"cannot be read: {e.strerror or e}"
     raise CheckpointError(f"{path} is not valid JSON ({cause}); {fix}")
@@ -333,7 +333,7 @@ def _open_safetensors(path: Path) -> Any:
         return safe_open(str(path), framework="pt")
     except Exception as e:  # noqa: BLE001 - SafetensorError is a bare Exception; OSError for unreadable files
         raise CheckpointError(
-            f"{path} could not be read ({_first_line(e)}); the file is truncated or damaged: download or convert it again"
+            f"{path} could not be read ({first_line(e)}); the file is truncated or damaged: download or convert it again"
         ) from None
 
 

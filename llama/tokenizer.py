@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from llama.errors import first_line
+
 __all__ = [
     "Tokenizer",
     "SentencePieceTokenizer",
@@ -204,7 +206,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         try:
             return SentencePieceTokenizer(p)
         except (RuntimeError, OSError) as e:
-            raise TokenizerError(f"{p}: not a SentencePiece model ({_first_line(e)}); {_USAGE}") from None
+            raise TokenizerError(f"{p}: not a SentencePiece model ({first_line(e)}); {_USAGE}") from None
     if suffix == ".json":
         try:
             return HFTokenizer(p)
@@ -212,22 +214,17 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             head = _read_json_quietly(p)  # read again only to name the format
             if isinstance(head, dict) and "vocab" in head and "config" in head and "model" not in head:
                 raise TokenizerError(f"{p} is a Mistral tekken tokenizer, which is not supported; {_USAGE}") from None
-            raise TokenizerError(f"{p}: not a Hugging Face tokenizer.json ({_first_line(e)}); {_USAGE}") from None
+            raise TokenizerError(f"{p}: not a Hugging Face tokenizer.json ({first_line(e)}); {_USAGE}") from None
     if suffix == ".gguf":
         try:
             return HFTokenizer.from_gguf(p)
         except TokenizerError:
             raise
         except NotImplementedError as e:  # a vocabulary kind this module cannot rebuild
-            raise TokenizerError(f"{p}: {_first_line(e)}; {_USAGE}") from None
+            raise TokenizerError(f"{p}: {first_line(e)}; {_USAGE}") from None
         except Exception as e:  # noqa: BLE001 - missing or mistyped vocabulary keys fail anywhere in the rebuild
-            raise TokenizerError(f"{p}: the GGUF vocabulary cannot be read ({_first_line(e)}); {_USAGE}") from None
+            raise TokenizerError(f"{p}: the GGUF vocabulary cannot be read ({first_line(e)}); {_USAGE}") from None
     raise TokenizerError(f"Unknown tokenizer file type {p.name!r} ({p}); {_USAGE}")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _read_json_quietly(path: Path) -> Any:
@@ -391,7 +388,7 @@ def open_gguf(path: str | Path, error: type = ValueError) -> Any:
     except OSError as e:
         problem = f"cannot be read ({e.strerror or e})"
     except Exception as e:  # noqa: BLE001 - the reader raises ValueError, KeyError, IndexError... on bad files
-        problem = f"{type(e).__name__}: {_first_line(e)}"
+        problem = f"{type(e).__name__}: {first_line(e)}"
     raise error(f"{p}: not a usable GGUF file: {problem}; download or convert it again")
 
 

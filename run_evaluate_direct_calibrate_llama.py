@@ -15,18 +15,18 @@ def main(
     max_batch_size: int = 16, dtype: str | None = None, device: str | None = None, scoring: str = "fast",
     completion_end: str = "eos", content_free: str | list[str] | None = None, domain_premise: str | None = None,
     batch_size: int | None = None, verify_checkpoint: bool | None = None, model_parallel_size: int | None = None,
-    n_anchor: int | None = None, knn_k: int | None = None,
-) -> None:
+    n_anchor: int | None = None, knn_k: int | None = None, accept_mismatch: bool = False) -> None:
     """Re-score the direct run's log-probs (no new pass over the test set), renormalise, argmax.
 
     Args:
-        direct_input_path, direct_output_path: the direct run's input and output JSON (its log_probs are reused).
-        output_path: output JSON, one record per input; metrics go to <stem>.metrics.json.
+        direct_input_path, direct_output_path, output_path: the direct run's input and output JSON (its log_probs
+            are reused); this run's output JSON, one record per input, metrics in <stem>.metrics.json.
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
             dcpmi (- log p(y|domain premise)), batch (- log of the batch's mean p; no model) or batch_logmean,
             hidden (nearest anchor centroid), lda (shrunk discriminant) or knn (anchor vote): need --save_hidden, --n_anchor.
-        ckpt_dir, tokenizer_path, model_parallel_size: the direct run's checkpoint, tokenizer and model-parallel size.
-        max_seq_len, max_batch_size, dtype, device, quantize, verify_checkpoint: as for run_evaluate_direct_llama.py.
+        ckpt_dir, tokenizer_path, max_seq_len, dtype, quantize: the direct run's (checked against its metrics), and
+            max_batch_size, device, verify_checkpoint, model_parallel_size as for run_evaluate_direct_llama.py.
+        accept_mismatch: use a direct run made with another model or precision than these flags (refused by default).
         scoring, completion_end: fast (prefix computed once) or naive; eos, none or newline: the direct run's values.
         content_free: na/cbu: text or list of texts, averaged, e.g. --content_free='["N/A","","[MASK]"]'.
         domain_premise: dcpmi: the premise (default: the template after {text}, e.g. "Category:").

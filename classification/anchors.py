@@ -38,7 +38,8 @@ import numpy as np
 
 from classification.errors import ClassificationError, check_int
 from classification.fileio import file_sha256
-from classification.paths import anchors_path, hidden_path
+from classification.paths import anchors_path
+from classification.provenance import check_same_model, check_same_prompt, check_written, read_metrics
 from classification.records import load_records
 from classification.states import load_hidden
 
@@ -157,24 +158,30 @@ class KnnVote:
 class AnchorCalibration:
     """The work of ``--calibration hidden|lda|knn`` (:mod:`classification.calibrations`): check, prepare, apply."""
 
-    def __init__(self, name: str, n_anchor: Optional[int] = None, knn_k: int = DEFAULT_KNN_K) -> None:
+    def __init__(self, name: str, n_anchor: Optional[int] = None, knn_k: int = DEFAULT_KNN_K,
+                 accept_mismatch: bool = False) -> None:
         if name not in NAMES:
             raise ClassificationError(f"anchor calibration {name!r} is not one of {', '.join(NAMES)}")
         for flag, value in (("--n_anchor", n_anchor), ("--knn_k", knn_k)):
             if value is not None:
                 check_int(flag, value, 1)
-        self.name, self.n_anchor, self.knn_k = name, n_anchor, knn_k
+        self.name, self.n_anchor, self.knn_k, self.accept_mismatch = name, n_anchor, knn_k, accept_mismatch
         self.log_probs: np.ndarray = np.zeros((0, 0))
 
-    def check(self, direct_input_path: str, direct_output_path: str, n: int,
-              label_words: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-        """One-line errors for missing anchors or hidden states, anchors of other label words than
-        the test records' ``label_words`` or a class without anchors; the fingerprint entries."""
-        self.test_hidden_path = hidden_path(direct_output_path)
-        self.test_hidden = load_hidden(
-            self.test_hidden_path, n, f"--direct_output_path {direct_output_path}",
-            "rerun run_evaluate_direct_llama.py with --save_hidden",
-        )
+    def check(self, direct_input_path: str, direct_output_path: str, records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+        """One-line errors, before any model is loaded, for hidden states that are not the direct
+        run's, anchors missing or from another preprocessing than the test ``records`` (label words,
+        prompt), a class without anchors, or too few anchors for the method; the fingerprint entries."""
+        rerun = (f"rerun run_evaluate_direct_llama.py --data_path {direct_input_path} --output_path {direct_output_path} "
+                 "--save_hidden")
+        direct_metrics = read_metrics(direct_output_path)
+        if direct_metrics is None:
+            raise ClassificationError(f"--direct_output_path {direct_output_path} has no metrics file of its own run "
+                                      f"to show which hidden states are its; {rerun}")
+        self.test_fingerprint = direct_metrics.get("fingerprint") or {}
+        self.test_hidden_path = check_written(direct_output_path, direct_metrics, "hidden", rerun)
+        self.test_hidden = load_hidden(self.test_hidden_path, len(records), f"--direct_output_path {direct_output_path}",
+                                       rerun)
         self.anchor_inputs = anchors_path(direct_input_path)
         if not Path(self.anchor_inputs).is_file():
             raise ClassificationError(
@@ -183,12 +190,8 @@ class AnchorCalibration:
             )
         self.anchor_outputs = anchors_path(direct_output_path)
         self.anchor_records = load_records(self.anchor_inputs, "direct")
+        check_same_prompt(self.anchor_records, records, self.anchor_inputs, direct_input_path)
         words = self.anchor_records[0]["label_words"]
-        if label_words is not None and list(words) != list(label_words):
-            raise ClassificationError(
-                f"anchor records {self.anchor_inputs} have label words {words}, the test records {list(label_words)}; "
-                "they come from another preprocessing: preprocess again with --n_anchor"
-            )
         labels = np.array([words.index(r["ground_truth"]) for r in self.anchor_records])
         counts = np.bincount(labels, minlength=len(words))
         if counts.min() == 0:
@@ -204,6 +207,17 @@ class AnchorCalibration:
         rank = np.array([(labels[: i + 1] == labels[i]).sum() for i in range(len(labels))])
         self.keep = np.nonzero(rank <= (self.n_anchor or counts.max()))[0]
         self.labels, self.n_classes = labels[self.keep], len(words)
+        per_class = int(np.bincount(self.labels).min())
+        if self.name == "lda" and per_class < 2:
+            raise ClassificationError(
+                "--calibration lda needs at least 2 anchors per class (their spread within a class is its "
+                f"covariance), not {per_class}; use --calibration hidden, or preprocess with a larger --n_anchor"
+            )
+        if self.name == "knn" and self.knn_k >= len(self.keep):
+            raise ClassificationError(
+                f"--knn_k {self.knn_k} is not less than the {len(self.keep)} anchors used: every input would get "
+                f"the same votes; use --knn_k {max(1, per_class)} or fewer, or more anchors (--n_anchor)"
+            )
         out: Dict[str, Any] = {"anchors_sha256": file_sha256(self.anchor_inputs), "n_anchor": self.n_anchor}
         if self.name == "knn":
             out["knn_k"] = self.knn_k
@@ -212,9 +226,16 @@ class AnchorCalibration:
     def prepare(self, lm: Any) -> None:
         """Fit on the anchors' hidden states (saved by the direct run of ``anchor_inputs`` into
         ``anchor_outputs``, which has to be run first); knn also takes ``lm``'s output head."""
-        anchor_hidden = hidden_path(self.anchor_outputs)
-        states = load_hidden(anchor_hidden, len(self.anchor_records), f"anchors {self.anchor_outputs}",
-                             "delete it to score the anchors again")[self.keep]
+        rescore = f"delete {self.anchor_outputs} to score the anchors again"
+        metrics = read_metrics(self.anchor_outputs)
+        if metrics is None:
+            raise ClassificationError(f"the anchors' run {self.anchor_outputs} has no metrics file of its own; {rescore}")
+        anchor_hidden = check_written(self.anchor_outputs, metrics, "hidden", rescore)
+        if not self.accept_mismatch:
+            check_same_model(metrics.get("fingerprint") or {}, self.test_fingerprint,
+                             f"the anchors' hidden states {anchor_hidden}",
+                             f"the test states {self.test_hidden_path} are the direct run's: {rescore} with its flags")
+        states = load_hidden(anchor_hidden, len(self.anchor_records), f"anchors {self.anchor_outputs}", rescore)[self.keep]
         if states.shape[1] != self.test_hidden.shape[1]:
             raise ClassificationError(
                 f"{anchor_hidden} holds {states.shape[1]}-dimensional hidden states but {self.test_hidden_path} "

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, U
 from classification import anchors, methods
 from classification.errors import ClassificationError, check_int
 from classification.lm import LanguageModel
+from classification.paths import hidden_path
 
 Record = Dict[str, Any]
 
@@ -35,6 +36,7 @@ class CalibrationOptions:
     # direct run saved beside them).
     direct_input_path: Optional[str] = None
     direct_output_path: Optional[str] = None
+    accept_mismatch: bool = False  # use anchors scored with another model than the test states
 
 
 @dataclass(frozen=True)
@@ -237,11 +239,11 @@ class _Anchored(Calibration):
     def __init__(self, options: CalibrationOptions, records: Sequence[Record]) -> None:
         super().__init__(options, records)
         knn_k = anchors.DEFAULT_KNN_K if options.knn_k is None else options.knn_k
-        self.anchored = anchors.AnchorCalibration(self.name, options.n_anchor, knn_k)
+        self.anchored = anchors.AnchorCalibration(self.name, options.n_anchor, knn_k, options.accept_mismatch)
         paths = options.direct_input_path, options.direct_output_path
         if None in paths:
             raise ClassificationError(f"--calibration {self.name} needs the direct run's input and output paths")
-        self.fingerprint = self.anchored.check(*paths, len(records), records[0]["label_words"])
+        self.fingerprint = self.anchored.check(*paths, records)
 
     def settings(self) -> Dict[str, Any]:
         return dict(self.fingerprint)
@@ -250,7 +252,7 @@ class _Anchored(Calibration):
         a = self.anchored
         return [("the anchor records", a.anchor_inputs), ("the hidden states", a.test_hidden_path),
                 ("the scored anchors", a.anchor_outputs), ("the scored anchors' hidden states",
-                                                           anchors.hidden_path(a.anchor_outputs))]
+                                                           hidden_path(a.anchor_outputs))]
 
     def needed_runs(self) -> Tuple[RunRequest, ...]:
         # The anchors scored as the direct run scored the test set, with their hidden states.

@@ -133,6 +133,38 @@ def load_direct_outputs(path: str, records: List[Dict[str, Any]]) -> List[Dict[s
     return data
 
 
+def check_foreign_outputs(path: str, records: Sequence[Dict[str, Any]], outputs: Sequence[Dict[str, Any]],
+                          inputs: str) -> None:
+    """Direct outputs without a metrics file (the original scripts write ``prediction``,
+    ``log_probs``, ``correct``): each prediction must be the label word of its largest log-prob
+    (the same label words, in order) and each ``correct`` must match the record's ground truth (the
+    same records, in order).  ``load_direct_outputs`` has checked the count and log-prob lengths."""
+    words = list(records[0]["label_words"])
+    wrong_word = wrong_truth = 0
+    first: Optional[int] = None
+    for i, (out, rec) in enumerate(zip(outputs, records)):
+        lps = out["log_probs"]
+        predicted = words[max(range(len(lps)), key=lambda j: lps[j])]
+        bad_word = "prediction" in out and out["prediction"] != predicted
+        truth = out.get("ground_truth", rec["ground_truth"])
+        prediction = out.get("prediction", predicted)
+        bad_truth = truth != rec["ground_truth"] or ("correct" in out and out["correct"] != (prediction == truth))
+        wrong_word += bad_word
+        wrong_truth += bad_truth
+        if (bad_word or bad_truth) and first is None:
+            first = i
+    if wrong_word:
+        raise ClassificationError(
+            f"--direct_output_path {path}: {wrong_word} prediction(s) (first: record {first}) are not the label word "
+            f"of the largest log-prob among {words}: it was scored with other label words than {inputs}"
+        )
+    if wrong_truth:
+        raise ClassificationError(
+            f"--direct_output_path {path}: {wrong_truth} record(s) (first: record {first}) disagree with the ground "
+            f"truth of {inputs}: it holds other records, or the same in another order"
+        )
+
+
 def build_outputs(
     records: Sequence[Dict[str, Any]], results: Dict[int, Dict[str, Any]], method: str
 ) -> List[Dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -149,7 +150,7 @@ def test_anchor_calibration_bad_input_is_one_line(tmp_path):
     _, _, inputs = write_inputs(tmp_path)
     direct = str(tmp_path / "out.json")
     evaluate("direct", inputs, direct, lm=FakeLM())
-    with pytest.raises(ClassificationError, match=r"has no saved hidden states .* --save_hidden$"):
+    with pytest.raises(ClassificationError, match=r"saved no hidden states .* --save_hidden$"):
         evaluate("calibrate", inputs, str(tmp_path / "c.json"), direct_output_path=direct, calibration="hidden",
                  lm=FakeLM())
     evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
@@ -186,6 +187,16 @@ def calibrate_error(tmp_path, inputs, direct, calibration="hidden"):
     return message
 
 
+def save_as_the_runs(path, states):
+    """Write hidden states as the run beside them wrote them (its metrics record their hash): what a
+    run whose model gave NaN, or another dimension, would have left."""
+    np.save(path, states)
+    metrics_file = path.parent / path.name.replace(".hidden.npy", ".metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    metrics["hidden_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    metrics_file.write_text(json.dumps(metrics))
+
+
 @pytest.mark.parametrize("calibration", ["hidden", "lda", "knn"])
 @pytest.mark.parametrize("which", ["out.hidden.npy", "out.anchors.hidden.npy"])
 def test_nan_in_a_hidden_file_is_named(tmp_path, calibration, which):
@@ -193,7 +204,7 @@ def test_nan_in_a_hidden_file_is_named(tmp_path, calibration, which):
     path = tmp_path / which
     states = np.load(path)
     states[2, 1] = np.nan
-    np.save(path, states)
+    save_as_the_runs(path, states)
     message = calibrate_error(tmp_path, inputs, direct, calibration)
     assert str(path) in message and "row 2" in message and "NaN" in message
 
@@ -221,7 +232,7 @@ def test_anchors_with_an_extra_label_are_refused(tmp_path):
 
 def test_anchor_hidden_file_of_another_dimension_is_refused(tmp_path):
     _, anchors, inputs, direct = calibrated_run(tmp_path)
-    np.save(tmp_path / "out.anchors.hidden.npy", np.zeros((len(anchors), 7), dtype=np.float16))
+    save_as_the_runs(tmp_path / "out.anchors.hidden.npy", np.zeros((len(anchors), 7), dtype=np.float16))
     message = calibrate_error(tmp_path, inputs, direct)
     assert "out.anchors.hidden.npy holds 7-dimensional" in message and "out.hidden.npy 5-dimensional" in message
 

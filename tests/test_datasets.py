@@ -1,5 +1,6 @@
 """Any dataset: presets on the offline copies, your own files and templates, the hub (faked), bad input."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -91,7 +92,8 @@ def test_every_preset_preprocesses_from_the_local_copy(tmp_path, preset):
         r = recs[0]
         assert r["label_words"] == words and r["meta"] == {"dataset": preset, "method": method, "k": 1, "seed": 3,
                                                           "sample_seed": 3,
-                                                          "template": PRESETS[preset].templates[method]}
+                                                          "template": PRESETS[preset].templates[method],
+                                                          "sources_sha256": source_digests(SHARED / preset)}
         assert r["prompt"].startswith(PRESETS[preset].instruction)
         tail, completion = parse_template(PRESETS[preset].templates[method], method)[1:]
         assert r["prompt"].endswith(tail) and r["completion"] == completion
@@ -104,6 +106,12 @@ def test_every_preset_preprocesses_from_the_local_copy(tmp_path, preset):
 
 
 @needs_shared
+def source_digests(folder):
+    """sha256 of a dataset folder's files, by name (what its records say they were made from)."""
+    names = ("train.csv", "test.csv", "all.csv", "labels.txt")  # the presets' files (all.csv: one split to hold out)
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.name in names}
+
+
 def test_ag_news_preset_is_the_original_ag_news_records():
     """The original's prompt layout, written out by hand from the chosen demonstrations."""
     train, test = load_ag_news(str(SHARED / "ag_news"))
@@ -118,6 +126,8 @@ def test_ag_news_preset_is_the_original_ag_news_records():
     }
     for method in ("direct", "channel"):
         got = random_demo_records(data, method, k=2, seed=5, n_sample=20)
+        # The records of rows given in memory record no source files; the preset's record its files.
+        assert got[0]["meta"].pop("sources_sha256") == source_digests(SHARED / "ag_news")
         assert got == build_records(method, train, test, k=2, seed=5, n_sample=20)
         assert len(got) == 20 and {r["ground_truth"] for r in got} == set(words)
         for r in got:

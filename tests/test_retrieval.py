@@ -222,7 +222,12 @@ def test_knn_cache_follows_the_model_files_not_their_path(tmp_path, monkeypatch)
     (lambda p: np.savez(p, keys=np.array(["a"]), vectors=np.zeros(4, np.float32)), "a list of keys and"),
     (lambda p: np.savez(p, vectors=np.zeros((1, 4), np.float32)), "not a readable embeddings cache"),
     (lambda p: np.savez(p, keys=np.array(["a"]), vectors=np.full((1, 64), np.nan, np.float32)), "NaN"),
-    (lambda p: np.savez(p, keys=np.array(["a"]), vectors=np.ones((1, 7), np.float32)), "7-dimensional"),
+    (lambda p: np.savez(p, keys=np.array(["a"]), vectors=np.ones((1, 7), np.float32),
+                        made_from=np.array('{"embedder": "fake"}')), "7-dimensional"),
+    # another embedder's cache under this one's name (copied, renamed), or one that records none
+    (lambda p: np.savez(p, keys=np.array(["a"]), vectors=np.ones((1, 64), np.float32),
+                        made_from=np.array('{"embedder": "other-0123456789ab"}')), "embedder 'other-0123456789ab'"),
+    (lambda p: np.savez(p, keys=np.array(["a"]), vectors=np.ones((1, 64), np.float32)), "embedder None, not of 'fake'"),
 ])
 def test_damaged_or_wrong_shaped_embeddings_cache_is_one_line(tmp_path, damage, cause):
     train, test = synthetic_splits(5, 3)

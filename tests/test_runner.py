@@ -319,9 +319,22 @@ def test_calibration_refuses_direct_outputs_of_other_inputs(tmp_path):
     other.write_text(json.dumps([{**r, "text": r["text"] + " changed"} for r in recs]))
     with pytest.raises(ClassificationError, match="produced from other inputs"):
         runner.evaluate("calibrate", str(other), str(tmp_path / "c.json"), direct_output_path=direct_out, lm=FakeLM())
-    Path(direct_out).with_suffix(".metrics.json").unlink()
-    with pytest.raises(ClassificationError, match="no metrics file"):
+    # A metrics file of another output beside it (a run killed between its two writes).
+    metrics_file = Path(direct_out).with_suffix(".metrics.json")
+    Path(direct_out).write_text(Path(direct_out).read_text() + "\n")
+    with pytest.raises(ClassificationError, match="belongs to another output"):
         runner.evaluate("calibrate", data, str(tmp_path / "c.json"), direct_output_path=direct_out, lm=FakeLM())
+    metrics_file.unlink()
+    # The original scripts' outputs (prediction, log_probs, correct; no metrics file) are checked
+    # against the records as far as they can be: records in another order are refused.
+    outputs = json.loads(Path(direct_out).read_text())
+    original = [{"prediction": o["prediction"], "log_probs": o["log_probs"], "correct": o["correct"]} for o in outputs]
+    Path(direct_out).write_text(json.dumps(original))
+    shuffled = tmp_path / "shuffled.json"
+    shuffled.write_text(json.dumps([{k: v for k, v in r.items() if k != "index"} for r in recs[1:] + recs[:1]]))
+    with pytest.raises(ClassificationError, match="other records, or the same in another order"):
+        runner.evaluate("calibrate", str(shuffled), str(tmp_path / "c.json"), direct_output_path=direct_out,
+                        lm=FakeLM())
 
 
 def test_batch_calibration_under_torchrun_has_one_writer(tmp_path, monkeypatch):

@@ -65,7 +65,8 @@ def test_evaluate_scripts_with_fake_model(tmp_path, fake_model):
                        "--quantize", "int8"])
     fire.Fire(load_script("run_evaluate_direct_calibrate_llama.py").main,
               command=["--direct_input_path", f"{d}/in_direct.json", "--direct_output_path", f"{d}/out_direct.json",
-                       "--output_path", f"{d}/out_cal.json", "--content_free", '["N/A", "", "[MASK]"]'])
+                       "--output_path", f"{d}/out_cal.json", "--content_free", '["N/A", "", "[MASK]"]',
+                       "--max_seq_len", "512", "--quantize", "int8"])
     fire.Fire(load_script("run_evaluate_channel_llama.py").main,
               command=["--data_path", f"{d}/in_channel.json", "--output_path", f"{d}/out_channel.json",
                        "--completion_end", "newline", "--scoring", "naive"])
@@ -76,7 +77,7 @@ def test_evaluate_scripts_with_fake_model(tmp_path, fake_model):
     assert fake_model[0]["max_seq_len"] == 512 and fake_model[2]["scoring"] == "naive"
     assert [m["model_parallel_size"] for m in fake_model] == [None, None, None, 2]
     assert fake_model[0]["ckpt_dir"] == "checkpoints/smollm2/135M"
-    assert [m["quantize"] for m in fake_model] == ["int8", "none", "none", "none"]
+    assert [m["quantize"] for m in fake_model] == ["int8", "int8", "none", "none"]
     assert json.loads((tmp_path / "out_direct.metrics.json").read_text())["quantize"] == "int8"
     cal = json.loads((tmp_path / "out_cal.metrics.json").read_text())
     assert cal["content_free"] == ["N/A", "", "[MASK]"]

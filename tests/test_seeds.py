@@ -2,6 +2,7 @@
 
 import ast
 import csv
+import hashlib
 import json
 import re
 import statistics
@@ -59,7 +60,9 @@ def test_seeds_per_seed_files_and_mean_std(tmp_path, spec, capsys):
                                + [f"outputs_{m}{ext}" for m in SEED_METHODS for ext in (".json", ".metrics.json")])
         recs = json.loads((out / f"seed{seed}" / "inputs_direct.json").read_text())
         assert recs[0]["meta"] == {"dataset": "topics", "method": "direct", "k": 1, "seed": seed, "sample_seed": 0,
-                                   "template": "Article: {text}\nCategory: {label_word}"}
+                                   "template": "Article: {text}\nCategory: {label_word}",
+                                   "sources_sha256": {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+                                                      for name in ("tr.csv", "te.csv")}}
         assert recs[0]["prompt"].endswith("Article: {text}\nCategory:")
     # Same test sample for every seed, different demonstrations.
     inputs = [json.loads((out / f"seed{s}" / "inputs_direct.json").read_text()) for s in (1, 2, 3)]
@@ -73,6 +76,13 @@ def test_seeds_per_seed_files_and_mean_std(tmp_path, spec, capsys):
         assert [r["accuracy"] for r in entry["per_seed"]] == accs
         assert entry["accuracy"]["mean"] == pytest.approx(sum(accs) / 3)
         assert entry["accuracy"]["std"] == pytest.approx(statistics.stdev(accs))
+        # Each number names the output it is from, by content.
+        outputs = [out / f"seed{s}" / f"outputs_{method}.json" for s in (1, 2, 3)]
+        assert [r["output_sha256"] for r in entry["per_seed"]] == [
+            hashlib.sha256(f.read_bytes()).hexdigest() for f in outputs]
+    made_from = summary["made_from"]
+    assert made_from["sources_sha256"] == recs[0]["meta"]["sources_sha256"]
+    assert made_from["max_seq_len"] == 2048 and "model_files" in made_from and "quantize" in made_from
     assert summary["methods"]["generate"]["ece"] == {"mean": None, "std": None}
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     table = (out / "summary.md").read_text()

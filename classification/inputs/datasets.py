@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification.cli import as_list
 from classification.errors import ClassificationError, check_int
+from classification.fileio import file_sha256
 from classification.methods import TEMPLATE_METHODS
 from classification.inputs.presets import DEFAULT_TEMPLATES, PRESETS, Source, get_preset
 from classification.inputs.sampling import Example, sample_test, select_demonstrations
@@ -36,6 +37,7 @@ class Dataset:
     templates: Dict[str, str] = field(default_factory=dict)
     instruction: str = ""
     files: List[str] = field(default_factory=list)  # the local files it was read from
+    sources_sha256: Dict[str, str] = field(default_factory=dict)  # their content, by file name (records' meta)
 
 
 def _as_tuple(value: Union[None, str, Sequence[str]]) -> Optional[Tuple[str, ...]]:
@@ -180,6 +182,7 @@ def load_dataset(
         templates=dict(p.templates) if p else dict(DEFAULT_TEMPLATES),
         instruction=p.instruction if p else "",
         files=files,
+        sources_sha256={Path(f).name: file_sha256(f) for f in files},
     )
 
 
@@ -213,6 +216,8 @@ def random_demo_records(
     chosen = sample_test(dataset.test, n_sample, test_seed, len(words)) if sample else list(dataset.test)
     meta = {"dataset": dataset.name, "method": method, "k": k, "seed": seed,
             "sample_seed": test_seed if sample else None, "template": chosen_template}
+    if dataset.sources_sha256:  # what the records were made from
+        meta["sources_sha256"] = dataset.sources_sha256
     return [
         {
             "prompt": prompt,

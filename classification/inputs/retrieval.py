@@ -28,6 +28,7 @@ out of the retrieval pool.  :func:`records_and_anchors` builds both, for any ``-
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from pathlib import Path
@@ -141,22 +142,27 @@ def select(
 
 
 class EmbeddingCache:
-    """Text embeddings of one embedder in an ``.npz`` beside the records, keyed by sha256 of the text
-    (the file's name carries the embedder's content fingerprint: :func:`embedder_for`)."""
+    """Text embeddings of one embedder in an ``.npz`` beside the records, keyed by sha256 of the text.
 
-    def __init__(self, path: Path) -> None:
+    The embedder's tag (its name and content fingerprint: :func:`embedder_for`) names the file and
+    is recorded in it (``made_from``); a file whose record is another embedder's is refused."""
+
+    def __init__(self, path: Path, embedder: Optional[str] = None) -> None:
         self.path = path
+        # Default: the tag in the file's name (embeddings.<tag>.npz, classification.paths.embeddings_path).
+        name = path.name
+        self.embedder = embedder or (name[len("embeddings."):-len(".npz")] if name.startswith("embeddings.") else name)
         self.vectors: Dict[str, np.ndarray] = {}
         if path.is_file():
             self.vectors = self._read(path)
 
-    @staticmethod
-    def _read(path: Path) -> Dict[str, np.ndarray]:
+    def _read(self, path: Path) -> Dict[str, np.ndarray]:
         """{key: vector} of a cache file; one line for a damaged or foreign one (it is only a cache)."""
         fix = "delete it to embed the texts again"
         try:
             with np.load(path) as data:
                 keys, vectors = data["keys"], data["vectors"]
+                made_from = json.loads(str(data["made_from"])) if "made_from" in data.files else None
         except Exception as e:  # noqa: BLE001 - BadZipFile, ValueError, OSError, EOFError, KeyError...
             cause = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ClassificationError(f"{path}: not a readable embeddings cache ({cause}); {fix}") from None
@@ -168,6 +174,12 @@ class EmbeddingCache:
             )
         if not np.isfinite(vectors).all():
             raise ClassificationError(f"{path}: the embeddings cache holds NaN or infinite values; {fix}")
+        recorded = made_from.get("embedder") if isinstance(made_from, dict) else None
+        if recorded != self.embedder:
+            raise ClassificationError(
+                f"{path} holds the embeddings of embedder {recorded!r}, not of {self.embedder!r} (the one this run "
+                f"uses, by its files' content); {fix}"
+            )
         return dict(zip(keys.tolist(), vectors.astype(np.float32)))
 
     @staticmethod
@@ -191,7 +203,8 @@ class EmbeddingCache:
             tmp = staging_path(self.path)
             with writing(self.path):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(tmp, keys=np.array(list(self.vectors)), vectors=np.stack(list(self.vectors.values())))
+                np.savez(tmp, keys=np.array(list(self.vectors)), vectors=np.stack(list(self.vectors.values())),
+                         made_from=np.array(json.dumps({"embedder": self.embedder})))
                 tmp.replace(self.path)
         return np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
 
@@ -251,14 +264,16 @@ Embed = Callable[[List[str]], np.ndarray]
 
 
 def embedder_for(
-    embedder: Optional[str], ckpt_dir: str, tokenizer_path: str, load_lm: Callable[[], HiddenStateModel]
+    embedder: Optional[str], ckpt_dir: str, tokenizer_path: str, load_lm: Callable[[], HiddenStateModel],
+    precision: str = "",
 ) -> Tuple[Embed, str]:
     """(embed function, cache tag) for ``--embedder`` (a sentence-transformers path) or the scoring
     model at ``ckpt_dir``, which ``load_lm`` loads the first time a text is not cached.
 
     The tag names the embedder and fingerprints its files' content (model and tokenizer; the
     digests resumed runs are checked with), so weights changed in place get a cache of their own
-    instead of the demonstrations their old embeddings chose."""
+    instead of the demonstrations their old embeddings chose.  ``precision`` (the scoring model's
+    dtype and device kind, e.g. "float32 cpu") is fingerprinted with them."""
     if embedder is not None:
         return sentence_transformer(embedder), "st-" + embedder_tag(embedder, files_digest([embedder]))
 
@@ -269,7 +284,8 @@ def embedder_for(
             state["lm"] = load_lm()
         return np.asarray(state["lm"].text_embeddings(texts), dtype=np.float32)
 
-    return embed, embedder_tag(ckpt_dir, files_digest([ckpt_dir, tokenizer_path]))
+    digest = hashlib.sha256(f"{files_digest([ckpt_dir, tokenizer_path])} {precision}".encode()).hexdigest()
+    return embed, embedder_tag(ckpt_dir, digest)
 
 
 def records_and_anchors(

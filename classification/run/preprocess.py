@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from classification.backend.loader import load_lm
+from classification.backend.loader import load_lm, precision_used
 from classification.errors import ClassificationError
 from classification.fileio import check_not_inputs, check_output_path, write_json_atomic
 from classification.inputs import retrieval
@@ -60,7 +60,11 @@ def preprocess_dataset(
     outputs = [("--data_path", path)] + ([("the anchors of --data_path", anchors_path(path))] if n_anchor else [])
     check_not_inputs(outputs, [("the dataset file", f) for f in dataset.files])  # never over the user's data
     load = lambda: load_lm(ckpt_dir, tokenizer_path)  # noqa: E731 - the embedder of --demos knn
-    embed, tag = retrieval.embedder_for(embedder, ckpt_dir, tokenizer_path, load) if demos == "knn" else (None, "")
+    if demos == "knn":
+        dtype, device = precision_used(None, None, None, None)  # what load_lm will use
+        embed, tag = retrieval.embedder_for(embedder, ckpt_dir, tokenizer_path, load, f"{dtype} {device.split(':')[0]}")
+    else:
+        embed, tag = None, ""
     records, anchors = retrieval.records_and_anchors(
         dataset, method, template, k, seed, sample, n_sample, sample_seed, demos, demo_pool, n_anchor, embed,
         embeddings_path(path, tag))

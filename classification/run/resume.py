@@ -23,6 +23,7 @@ from tqdm import tqdm
 from classification.errors import writing
 from classification.fileio import file_sha256, write_json_atomic
 from classification.paths import metrics_path, partial_files, partial_path
+from classification.provenance import read_metrics
 
 CHUNK_SIZE = 64
 SAVE_EVERY_S = 10.0
@@ -209,21 +210,6 @@ def run_resumable(
     if missing:
         raise RuntimeError(f"{len(missing)} examples have no result (first: record {missing[0]})")
     return results, len(done)
-
-
-def read_metrics(output_path: str) -> Optional[Dict[str, Any]]:
-    """The metrics written beside ``output_path`` when they belong to that very output file
-    (their ``output_sha256``), else None: a kill between the two writes leaves a mismatched pair."""
-    try:
-        with open(metrics_path(output_path), encoding="utf-8") as f:
-            metrics = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(metrics, dict) or not Path(output_path).is_file():
-        return None
-    if metrics.get("output_sha256") != file_sha256(output_path):
-        return None
-    return metrics
 
 
 def finished(output_path: str, fingerprint: Dict[str, Any]) -> Optional[Dict[str, Any]]:

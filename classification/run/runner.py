@@ -36,9 +36,10 @@ from classification.lm import LanguageModel
 from classification.methods import METHODS
 from classification.metrics import compute_metrics
 from classification.paths import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, hidden_path, metrics_path, partial_path
-from classification.records import build_outputs, load_direct_outputs, load_records
+from classification.provenance import check_same_model, read_metrics, written_problem
+from classification.records import build_outputs, check_foreign_outputs, load_direct_outputs, load_records
 from classification.run.resume import (
-    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, finished, read_metrics, run_resumable, write_finished,
+    CHUNK_SIZE, SAVE_EVERY_S, LocalRuntime, finished, run_resumable, write_finished,
 )
 from classification.run.score import check_model_fits, longest_first, make_scorer, stop_at_nonfinite
 from classification.states import save_hidden
@@ -82,6 +83,7 @@ class RunFlags:
     n_anchor: Optional[int] = None
     knn_k: Optional[int] = None
     ignore_case: bool = False  # generate: match label words case-insensitively (default: exact case)
+    accept_mismatch: bool = False  # calibrate: use a direct run of another model or precision knowingly
 
     def generation(self) -> Dict[str, Any]:
         # ignore_case is part of the fingerprint: exact case became the default, so generations
@@ -107,6 +109,7 @@ class RunPlan:
     records: List[Record]
     calibrator: Optional[Calibration]
     direct_outputs: List[Record]
+    direct_metrics: Optional[Dict[str, Any]]  # calibrate: the direct run's (None: a file of the original scripts)
     needs_model: bool
     settings: Dict[str, Any]  # what changes the results, as used (dtype and device included)
     fingerprint: Dict[str, Any]  # settings + the digests of what is behind the paths
@@ -114,7 +117,7 @@ class RunPlan:
     def finished_metrics(self) -> Optional[Dict[str, Any]]:
         """The metrics of a finished run with this very fingerprint (and its hidden states), else None."""
         done = finished(self.output_path, self.fingerprint)
-        if done is None or (self.flags.save_hidden and not Path(hidden_path(self.output_path)).is_file()):
+        if done is None or (self.flags.save_hidden and written_problem(self.output_path, done, "hidden")):
             return None
         return done
 
@@ -168,7 +171,7 @@ def plan_run(
     """Check the flags and inputs (one-line errors, before any model is loaded) and fix what the
     run computes with: the dtype and device it will use, its settings and fingerprint."""
     _check_flags(method, flags)
-    records, calibrator, direct_outputs = _read_inputs(method, data_path, flags)
+    records, calibrator, direct_outputs, direct_metrics = _read_inputs(method, data_path, flags)
     check_output_path(output_path)
     needs_model = calibrator is None or calibrator.needs_model
     _check_not_inputs(method, data_path, output_path, flags, calibrator, needs_model)
@@ -182,8 +185,14 @@ def plan_run(
         assert flags.direct_output_path is not None
         digests.update(calibration=flags.calibration, direct_output_sha256=file_sha256(flags.direct_output_path))
     fingerprint = {**settings, **digests, **(calibrator.settings() if calibrator is not None else {})}
-    return RunPlan(method, data_path, output_path, flags, records, calibrator, direct_outputs, needs_model,
-                   settings, fingerprint)
+    if direct_metrics is not None and needs_model and not flags.accept_mismatch:
+        # Content-free scores and the anchors' states must come from the direct run's model.
+        check_same_model(direct_metrics.get("fingerprint") or {}, fingerprint,
+                         f"--direct_output_path {flags.direct_output_path}",
+                         "calibrate with the direct run's --ckpt_dir, --tokenizer_path, --dtype, --quantize and "
+                         "--max_seq_len (see its metrics), or pass --accept_mismatch to use it knowingly")
+    return RunPlan(method, data_path, output_path, flags, records, calibrator, direct_outputs, direct_metrics,
+                   needs_model, settings, fingerprint)
 
 
 def _check_not_inputs(method: str, data_path: str, output_path: str, flags: RunFlags,
@@ -224,10 +233,11 @@ def _check_flags(method: str, flags: RunFlags) -> None:
 
 def _read_inputs(
     method: str, data_path: str, flags: RunFlags
-) -> Tuple[List[Record], Optional[Calibration], List[Record]]:
-    """(records, the calibration or None, the direct outputs it re-scores)."""
+) -> Tuple[List[Record], Optional[Calibration], List[Record], Optional[Dict[str, Any]]]:
+    """(records, the calibration or None, the direct outputs it re-scores and their run's metrics)."""
     options = CalibrationOptions(flags.content_free, flags.domain_premise, flags.batch_size, flags.completion_end,
-                                 flags.n_anchor, flags.knn_k, data_path, flags.direct_output_path)
+                                 flags.n_anchor, flags.knn_k, data_path, flags.direct_output_path,
+                                 flags.accept_mismatch)
     calibration_cls = calibration_class(flags.calibration, options) if method == "calibrate" else None
     if flags.quantize not in QUANTIZE_MODES:
         raise ClassificationError(f"--quantize {flags.quantize!r} is not one of {', '.join(QUANTIZE_MODES)}")
@@ -235,7 +245,9 @@ def _read_inputs(
         raise ClassificationError(f"--save_hidden applies to the direct method, not {method}")
     records = load_records(data_path, method)
     if calibration_cls is None:
-        return records, None, []
+        if flags.accept_mismatch:
+            raise ClassificationError("--accept_mismatch applies to calibrate (run_evaluate_direct_calibrate_llama.py)")
+        return records, None, [], None
     direct_output_path = flags.direct_output_path
     if not direct_output_path:
         raise ClassificationError(
@@ -243,21 +255,36 @@ def _read_inputs(
             "on --direct_input_path)"
         )
     direct_outputs = load_direct_outputs(direct_output_path, records)
-    _check_direct_run(direct_output_path, data_path, flags.completion_end)
-    return records, calibration_cls(options, records), direct_outputs
+    metrics = _check_direct_run(direct_output_path, data_path, flags.completion_end, records, direct_outputs,
+                                calibration_cls.needs_direct_files)
+    return records, calibration_cls(options, records), direct_outputs, metrics
 
 
-def _check_direct_run(direct_output_path: str, data_path: str, completion_end: str) -> None:
-    """The direct outputs must come from this very input file (the input hash their metrics
-    record), and calibration must score content-free inputs the way the direct run scored labels."""
+def _check_direct_run(direct_output_path: str, data_path: str, completion_end: str, records: List[Record],
+                      outputs: List[Record], needs_files: bool) -> Optional[Dict[str, Any]]:
+    """The direct run's metrics, after checking that its outputs come from this very input file
+    (the input hash the metrics record) and that calibration scores content-free inputs the way
+    the direct run scored labels.  Outputs without a metrics file (the original scripts write
+    none) are checked against the records as far as they can be: None."""
     path = metrics_path(direct_output_path)
     metrics = read_metrics(direct_output_path)
     rerun = f"rerun run_evaluate_direct_llama.py --data_path {data_path} --output_path {direct_output_path}"
-    if metrics is None:
+    if metrics is None and Path(path).exists():
         raise ClassificationError(
-            f"--direct_output_path {direct_output_path}: no metrics file {path} of that very output to show "
-            f"which inputs it came from; {rerun}"
+            f"--direct_output_path {direct_output_path}: its metrics file {path} belongs to another output (a run "
+            f"killed between the two writes, or a file changed since); {rerun}"
         )
+    if metrics is None:
+        if needs_files:
+            raise ClassificationError(
+                f"--direct_output_path {direct_output_path} has no metrics file {path}, so no hidden states of its "
+                f"run; {rerun} --save_hidden"
+            )
+        check_foreign_outputs(direct_output_path, records, outputs, f"--direct_input_path {data_path}")
+        print(f"Note: {direct_output_path} has no metrics file (not written by this project's direct run): its record "
+              "count, label words and record order were checked against the inputs; the model, precision and "
+              "input hash it was scored with cannot be")
+        return None
     recorded = (metrics.get("fingerprint") or {}).get("data_sha256")
     if recorded != file_sha256(data_path):
         raise ClassificationError(
@@ -270,6 +297,7 @@ def _check_direct_run(direct_output_path: str, data_path: str, completion_end: s
             f"the direct outputs were scored with --completion_end {used} (see {path}); "
             f"pass --completion_end {used} to calibrate them"
         )
+    return metrics
 
 
 def _settings(method: str, flags: RunFlags, needs_model: bool, lm: Any, runtime: Any) -> Dict[str, Any]:
@@ -358,6 +386,8 @@ def write_run(
         save_hidden(hidden_path(output_path), [results[p] for p in range(len(plan.records))])
         run["hidden_path"] = hidden_path(output_path)
     metrics = compute_metrics(plan.records, outputs, plan.method, run)
+    if flags.save_hidden:  # which states are this run's (a later run's or a killed run's are not)
+        metrics["hidden_sha256"] = file_sha256(hidden_path(output_path))
     metrics["wall_time_s"] = round(time.time() - start, 3)
     metrics["fingerprint"] = plan.fingerprint
     write_finished(output_path, outputs, metrics)

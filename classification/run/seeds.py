@@ -28,6 +28,7 @@ from classification.fileio import write_json_atomic
 from classification.inputs.datasets import Dataset, load_dataset, random_demo_records
 from classification.inputs.presets import PRESETS
 from classification.metrics import fmt_mean_std, mean_std
+from classification.provenance import MODEL_KEYS
 from classification.paths import (
     DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, seed_inputs_path, seed_outputs_path, seeds_dir, summary_paths,
 )
@@ -123,7 +124,9 @@ def summarize(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     for label, metrics_list in runs.items():
         per_seed = [
             {"seed": m.get("seed"), "n": m.get("n"), "n_none": m.get("n_none"),
-             **{key: m.get(key) for key in SUMMARY_METRICS}}
+             **{key: m.get(key) for key in SUMMARY_METRICS},
+             # which file each number is from (its run's metrics hold the rest of its provenance)
+             "output_path": m.get("output_path"), "output_sha256": m.get("output_sha256")}
             for m in metrics_list
         ]
         out[label] = {"per_seed": per_seed, **{key: mean_std([r[key] for r in per_seed]) for key in SUMMARY_METRICS}}
@@ -189,8 +192,10 @@ def run_seeds(
                 runs.setdefault(method_label(metrics), []).append(metrics)
     if not is_main:
         return {}
+    fingerprint = next((m.get("fingerprint") or {} for ms in runs.values() for m in ms), {})
     summary = {
         "dataset": data.name, "k": k, "seeds": seed_list, "n_sample": n_sample, "sample_seed": sample_seed,
+        "made_from": {"sources_sha256": data.sources_sha256, **{key: fingerprint.get(key) for key in MODEL_KEYS}},
         "methods": summarize(runs),
     }
     write_summary(summary, root)

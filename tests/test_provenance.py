@@ -193,6 +193,8 @@ def test_hidden_calibration_of_an_int8_direct_run_needs_int8(tmp_path):
     message = refused(calibrate, tmp_path, inputs, direct, dtype="fp32")
     assert "quantize 'int8' vs 'none'" in message
     calibrate(tmp_path, inputs, direct, dtype="fp32", quantize="int8")
+    assert "dtype 'fp32' vs 'bf16'" in refused(calibrate, tmp_path, inputs, direct, name="bf16.json", dtype="bf16",
+                                               quantize="int8")
 
 
 def test_anchor_states_of_another_model_are_refused(tmp_path):

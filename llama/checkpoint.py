@@ -25,7 +25,7 @@ from torch import Tensor
 from llama import verify
 from llama.errors import CheckpointError, first_line
 from llama.model import ModelArgs, Transformer
-from llama.parallel import shard_dim
+from llama.parallel import no_weight_init, shard_dim
 from llama.tokenizer import gguf_field, open_gguf
 
 StateDict = Dict[str, Tensor]
@@ -631,7 +631,7 @@ def load_model(
         verify.check_finite(state.items(), path)
     except verify.VerifyError as e:
         raise CheckpointError(str(e)) from None
-    with torch.device("meta"):
+    with torch.device("meta"), no_weight_init():
         model = Transformer(args)
     try:
         model.load_state_dict(state, strict=True, assign=True)

@@ -12,6 +12,27 @@ from typing import Iterator
 import torch.nn as nn
 
 
+# The torch.nn.init functions that torch's layers call in reset_parameters.
+_INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_", "trunc_normal_", "zeros_", "ones_")
+
+
+@contextlib.contextmanager
+def no_weight_init() -> Iterator[None]:
+    """Build layers without their random initialisation: the weights come from a checkpoint.
+
+    On the meta device torch runs that init through its reference implementations, and their first
+    use imports ``torch._dynamo``: about a second of every run's start-up, for numbers nobody reads.
+    """
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in _INIT_FUNCTIONS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
 def model_parallel_size() -> int:
     try:
         from fairscale.nn.model_parallel import initialize as fs_init

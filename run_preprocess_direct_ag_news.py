@@ -17,6 +17,7 @@ def main(
     demos: str = "random",
     demo_pool: int | None = None,
     n_anchor: int = 0,
+    demo_sampling: str = "default",
 ) -> None:
     """Build direct prompts with k demonstrations per class and write the records as JSON.
 
@@ -29,9 +30,10 @@ def main(
         n_sample: size of the test sample, spread evenly over the classes.
         demos, demo_pool: random, bm25 or knn (k per class chosen for each input, as run_preprocess.py); pool size.
         n_anchor: also write M labeled anchors per class (never demonstrations) for --calibration hidden/knn.
+        demo_sampling: default, or original: the demonstrations the original drew with --seed (needs `datasets`).
     """
     preprocess("direct", data_path, sample=sample, k=k, seed=seed, data_dir=data_dir, n_sample=n_sample,
-               demos=demos, demo_pool=demo_pool, n_anchor=n_anchor)
+               demos=demos, demo_pool=demo_pool, n_anchor=n_anchor, demo_sampling=demo_sampling)
 
 
 if __name__ == "__main__":

@@ -40,20 +40,22 @@ def make_records(
     demo_pool: Optional[int] = None,
     embed: Optional[Callable[[List[str]], np.ndarray]] = None,
     embeddings_cache: Optional[Path] = None,
+    demo_sampling: str = "default",
 ) -> List[Record]:
     """Input records of a preset (read from ``data_dir``, else the hub) or a loaded ``Dataset``.
 
     ``k`` demonstrations per class chosen with ``seed`` (``demos``: random, bm25, or knn with
     ``embed``, a function texts -> embeddings such as a loaded model's ``text_embeddings``), a
     stratified test sample of ``n_sample`` drawn with ``sample_seed`` (default: ``seed``; 0: the
-    whole test split).  The same records as ``run_preprocess.py`` with these flags writes.
+    whole test split).  ``demo_sampling="original"`` draws the random demonstrations as the original
+    project did (needs ``datasets``).  The same records as ``run_preprocess.py`` with these flags writes.
     """
-    check_demos(demos, demo_pool, None, 0)
+    check_demos(demos, demo_pool, None, 0, demo_sampling)
     if demos == "knn" and embed is None:
         raise ClassificationError("demos='knn' needs embed, e.g. embed=lm.text_embeddings of a loaded model")
     data = load_dataset(preset=dataset, data_dir=data_dir) if isinstance(dataset, str) else dataset
     records, _ = records_and_anchors(data, method, template, k, seed, n_sample != 0, n_sample, sample_seed, demos,
-                                     demo_pool, 0, embed, embeddings_cache)
+                                     demo_pool, 0, embed, embeddings_cache, demo_sampling)
     return records
 
 

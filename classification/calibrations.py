@@ -135,7 +135,8 @@ class _ContentFree(Calibration):
 
     def apply(self, pos, record, direct_log_probs) -> Dict[str, Any]:
         p_cf = self.p_cf[(record["prompt"], record["completion"])]
-        return {"log_probs": methods.calibrate_log_probs(direct_log_probs, p_cf), "p_cf": p_cf}
+        return {"log_probs": methods.calibrate_log_probs(direct_log_probs, p_cf), "p_cf": p_cf,
+                "score": methods.contextual_scores(direct_log_probs, p_cf)}  # the original's score
 
     def summary(self) -> Dict[str, Any]:
         return {"content_free": self.texts, "content_free_probs": next(iter(self.p_cf.values()), None)}

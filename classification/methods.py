@@ -9,7 +9,9 @@ was built with ``append_eos``).  Direct and channel differ only in their templat
 - channel:   prompt "...Category: {label_word}\\nArticle:", completion "{text}"
 - calibrate: the direct run's saved log-probs re-scored post hoc (no second pass over the test
   set), one of :data:`classification.calibrations.CALIBRATIONS`; every calibrated score is renormalized over the labels
-  (log-softmax), so ``log_probs`` of a calibrated output are normalized label log-probs:
+  (log-softmax), so ``log_probs`` of a calibrated output are normalized label log-probs (its
+  ``score`` is the original's: softmax(direct log-probs) / p_cf for na and cbu, not renormalized,
+  :func:`contextual_scores`; the calibrated probabilities exp(log_probs) for the others):
 
   - ``na``:    contextual calibration (Zhao et al. 2021) as in the original: p = softmax(direct
                log-probs), p_cf = the same for the content-free input "N/A";
@@ -231,12 +233,17 @@ def content_free_probs(
     return [t / len(content_free) for t in total]
 
 
-def calibrate_log_probs(log_probs: Sequence[float], p_cf: Sequence[float]) -> List[float]:
-    """Contextual calibration: log of normalize(softmax(log_probs) / p_cf)."""
+def contextual_scores(log_probs: Sequence[float], p_cf: Sequence[float]) -> List[float]:
+    """softmax(log_probs) / p_cf, not renormalized: the original's per-record ``score``
+    (``w * probs`` with ``w = 1 / p_cf``); its argmax is the calibrated prediction."""
     if len(log_probs) != len(p_cf):
         raise ValueError(f"{len(log_probs)} log-probs but {len(p_cf)} content-free probabilities")
-    probs = softmax(log_probs)
-    weighted = [p / max(c, 1e-300) for p, c in zip(probs, p_cf)]
+    return [p / max(c, 1e-300) for p, c in zip(softmax(log_probs), p_cf)]
+
+
+def calibrate_log_probs(log_probs: Sequence[float], p_cf: Sequence[float]) -> List[float]:
+    """Contextual calibration: log of normalize(softmax(log_probs) / p_cf)."""
+    weighted = contextual_scores(log_probs, p_cf)
     total = sum(weighted)
     return [math.log(w / total) if w > 0 else float("-inf") for w in weighted]
 
@@ -244,11 +251,12 @@ def calibrate_log_probs(log_probs: Sequence[float], p_cf: Sequence[float]) -> Li
 def calibrate(
     direct_log_probs: Sequence[Sequence[float]], label_words: Sequence[str], p_cf: Sequence[float]
 ) -> List[Result]:
-    """Calibrated ``log_probs`` and argmax ``prediction`` for each direct result."""
+    """Calibrated ``log_probs``, argmax ``prediction`` and the original's ``score`` for each direct result."""
     results: List[Result] = []
     for log_probs in direct_log_probs:
         calibrated = calibrate_log_probs(log_probs, p_cf)
-        results.append({"log_probs": calibrated, "prediction": label_words[argmax(calibrated)]})
+        results.append({"log_probs": calibrated, "prediction": label_words[argmax(calibrated)],
+                        "score": contextual_scores(log_probs, p_cf)})
     return results
 
 

@@ -168,7 +168,8 @@ def check_foreign_outputs(path: str, records: Sequence[Dict[str, Any]], outputs:
 def build_outputs(
     records: Sequence[Dict[str, Any]], results: Dict[int, Dict[str, Any]], method: str
 ) -> List[Dict[str, Any]]:
-    """One output record per input record, in input order (``results``: by record position)."""
+    """One output record per input record, in input order (``results``: by record position); calibrate
+    adds the original's ``score``, generate the ``generation``."""
     outputs = []
     for pos, rec in enumerate(records):
         r = results[pos]
@@ -182,5 +183,7 @@ def build_outputs(
         }
         if method == "generate":
             out["generation"] = r.get("generation", "")
+        if method == "calibrate":  # the original's calibrate output field (classification.methods.contextual_scores)
+            out["score"] = r.get("score")
         outputs.append(out)
     return outputs

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from classification import methods
@@ -214,3 +215,42 @@ def test_non_finite_calibrated_log_prob_does_not_blame_the_dtype(direct_run, tmp
         runner.evaluate("calibrate", data, str(tmp_path / "c.json"), direct_output_path=direct_out,
                         calibration="batch")
     assert "from calibration batch" in str(e.value) and "dtype" not in str(e.value)
+
+
+def test_calibrate_outputs_keep_the_originals_score(direct_run, tmp_path):
+    """The original's calibrate output has, per record, score = w * softmax(direct log-probs) with
+    w = 1 / p_cf, p_cf = softmax of the label log-probs of the prompt filled with "N/A" (not
+    renormalized).  Recomputed here from the model's own log-probs, as the original's code does."""
+    data, direct_out, recs = direct_run
+    direct = read(direct_out)
+    lm = FakeLM()
+    out = tmp_path / "na.json"
+    runner.evaluate("calibrate", data, str(out), direct_output_path=direct_out, lm=lm)
+    got = read(str(out))
+    rec = recs[0]
+    cf_lp = np.array(lm.loglikelihood([(rec["prompt"].replace("{text}", "N/A"),
+                                        " " + rec["completion"].replace("{label_word}", w))
+                                       for w in rec["label_words"]]))
+    p_cf = np.exp(cf_lp) / np.exp(cf_lp).sum()
+    w = 1 / p_cf
+    assert not np.allclose(p_cf, p_cf[0])  # the weights differ, so score is not a rescaled softmax
+    for o, d in zip(got, direct):
+        probs = np.exp(np.array(d["log_probs"])) / np.exp(np.array(d["log_probs"])).sum()
+        assert o["score"] == pytest.approx((w * probs).tolist(), rel=1e-9)
+        assert o["prediction"] == rec["label_words"][int(np.argmax(o["score"]))]
+    # The other fields are those they were: calibrated log-probs normalized over the labels.
+    assert set(got[0]) == {"index", "ground_truth", "prediction", "correct", "log_probs", "shortened", "score"}
+    assert got[0]["log_probs"] == pytest.approx(
+        methods.calibrate_log_probs(direct[0]["log_probs"], p_cf.tolist()))
+    # cbu: p_cf averaged over its content-free texts; batch (no content-free input): the calibrated probabilities.
+    runner.evaluate("calibrate", data, str(tmp_path / "cbu.json"), direct_output_path=direct_out,
+                    calibration="cbu", lm=FakeLM())
+    cf = [np.array(lm.loglikelihood([(rec["prompt"].replace("{text}", t), " " + w) for w in rec["label_words"]]))
+          for t in ("N/A", "", "[MASK]")]
+    p_cbu = np.mean([np.exp(x) / np.exp(x).sum() for x in cf], axis=0)
+    probs = np.exp(np.array(direct[0]["log_probs"])) / np.exp(np.array(direct[0]["log_probs"])).sum()
+    assert read(str(tmp_path / "cbu.json"))[0]["score"] == pytest.approx((probs / p_cbu).tolist(), rel=1e-9)
+    runner.evaluate("calibrate", data, str(tmp_path / "batch.json"), direct_output_path=direct_out,
+                    calibration="batch")
+    for o in read(str(tmp_path / "batch.json")):
+        assert o["score"] == pytest.approx([math.exp(x) for x in o["log_probs"]])

@@ -21,7 +21,7 @@ from classification.errors import ClassificationError, check_int
 from classification.fileio import file_sha256
 from classification.methods import TEMPLATE_METHODS
 from classification.inputs.presets import DEFAULT_TEMPLATES, PRESETS, Source, get_preset
-from classification.inputs.sampling import Example, sample_test, select_demonstrations
+from classification.inputs.sampling import Example, draw_demonstrations, sample_test
 from classification.inputs.sources import load_hub, load_local, read_labels_txt
 from classification.templates import build_prompt_from_template, parse_template
 
@@ -195,10 +195,13 @@ def random_demo_records(
     sample: bool = True,
     n_sample: int = 16,
     sample_seed: Optional[int] = None,
+    demo_sampling: str = "default",
 ) -> List[Dict[str, Any]]:
     """Input records for ``method``: demonstrations seeded by ``seed``, test sample by ``sample_seed``.
 
     A ``template`` given here replaces the dataset's (and drops the preset's instruction).
+    ``demo_sampling`` "original" draws the demonstrations as the original project did
+    (:func:`classification.inputs.sampling.original_demonstrations`; the records' meta says so).
     """
     if method not in TEMPLATE_METHODS:
         raise ClassificationError(f"unknown method {method!r} for inputs; use one of {', '.join(TEMPLATE_METHODS)}")
@@ -208,7 +211,7 @@ def random_demo_records(
     instruction = dataset.instruction if template is None else ""
     parse_template(chosen_template, method)  # one-line error before any work
     words = dataset.label_words
-    demos = select_demonstrations(dataset.train, k, seed, len(words))
+    demos = draw_demonstrations(dataset.train, k, seed, len(words), demo_sampling)
     prompt, completion = build_prompt_from_template(
         chosen_template, method, [(ex.text, words[ex.label]) for ex in demos], instruction
     )
@@ -216,6 +219,8 @@ def random_demo_records(
     chosen = sample_test(dataset.test, n_sample, test_seed, len(words)) if sample else list(dataset.test)
     meta = {"dataset": dataset.name, "method": method, "k": k, "seed": seed,
             "sample_seed": test_seed if sample else None, "template": chosen_template}
+    if demo_sampling != "default":
+        meta["demo_sampling"] = demo_sampling
     if dataset.sources_sha256:  # what the records were made from
         meta["sources_sha256"] = dataset.sources_sha256
     return [

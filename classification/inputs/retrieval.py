@@ -38,7 +38,7 @@ import numpy as np
 
 from classification.errors import ClassificationError, check_int, writing
 from classification.inputs.datasets import Dataset, random_demo_records
-from classification.inputs.sampling import Example, by_class, select_demonstrations, stratified
+from classification.inputs.sampling import DEMO_SAMPLINGS, Example, by_class, draw_demonstrations, stratified
 from classification.lm import HiddenStateModel
 from classification.fileio import files_digest
 from classification.paths import embedder_tag, staging_path
@@ -48,10 +48,16 @@ DEMOS = ("random", "bm25", "knn")
 Selector = Callable[[Sequence[Example]], List[List[Example]]]
 
 
-def check_demos(demos: str, demo_pool: Optional[int], embedder: Optional[str], n_anchor: int) -> None:
-    """One-line errors for the retrieval flags."""
+def check_demos(
+    demos: str, demo_pool: Optional[int], embedder: Optional[str], n_anchor: int, demo_sampling: str = "default"
+) -> None:
+    """One-line errors for the retrieval flags (and ``--demo_sampling``, which only random demonstrations take)."""
     if demos not in DEMOS:
         raise ClassificationError(f"--demos {demos!r} is not one of {', '.join(DEMOS)}")
+    if demo_sampling not in DEMO_SAMPLINGS:
+        raise ClassificationError(f"--demo_sampling {demo_sampling!r} is not one of {', '.join(DEMO_SAMPLINGS)}")
+    if demo_sampling != "default" and demos != "random":
+        raise ClassificationError(f"--demo_sampling {demo_sampling} applies to --demos random, not {demos}")
     for flag, value, least in (("--demo_pool", demo_pool, 1), ("--n_anchor", n_anchor, 0)):
         if value is not None:
             check_int(flag, value, least)
@@ -292,21 +298,22 @@ def records_and_anchors(
     dataset: Dataset, method: str, template: Optional[str], k: int, seed: int, sample: bool, n_sample: int,
     sample_seed: Optional[int], demos: str = "random", demo_pool: Optional[int] = None, n_anchor: int = 0,
     embed: Optional[Callable[[List[str]], np.ndarray]] = None, cache_path: Optional[Path] = None,
+    demo_sampling: str = "default",
 ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """(test records, anchor records) of ``dataset`` (:class:`classification.inputs.datasets.Dataset`).
 
     ``demos`` random: :func:`classification.inputs.datasets.random_demo_records`'s records,
-    unchanged.  bm25/knn: the same records with each prompt's demonstrations retrieved for its
+    unchanged (demonstrations drawn as ``demo_sampling`` says).  bm25/knn: the same records with each prompt's demonstrations retrieved for its
     input; each record keeps the train indices of its demonstrations (``demo_indices``, in prompt
     order).
     """
     n_classes = len(dataset.label_words)
     if demos == "random":
         records = random_demo_records(dataset, method, template, k=k, seed=seed, sample=sample, n_sample=n_sample,
-                               sample_seed=sample_seed)
+                               sample_seed=sample_seed, demo_sampling=demo_sampling)
         if not n_anchor:
             return records, []
-        taken = select_demonstrations(dataset.train, k, seed, n_classes)
+        taken = draw_demonstrations(dataset.train, k, seed, n_classes, demo_sampling)
         anchors = draw_anchors(dataset.train, n_anchor, seed, n_classes, taken)
         return records, [_anchor_record(records[0], ex, records[0]["prompt"], None) for ex in anchors]
     # Zero-shot records carry the sample, instruction and tail; the retrieved demonstrations go in between.

@@ -1,4 +1,10 @@
-"""Seeded sampling: k demonstrations per class, a stratified test sample, a held-out test split."""
+"""Seeded sampling: k demonstrations per class, a stratified test sample, a held-out test split.
+
+Demonstrations are drawn one of two ways (``--demo_sampling``): ``default``, k per class with
+Python's ``random`` (:func:`select_demonstrations`), or ``original``, the original project's call
+to Hugging Face ``datasets`` on the same training rows (:func:`original_demonstrations`), so that
+the same ``--seed`` gives its demonstrations.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from classification.errors import ClassificationError
 from classification.templates import AG_NEWS_LABEL_WORDS, has_placeholder
 
 N_CLASSES = len(AG_NEWS_LABEL_WORDS)
+DEMO_SAMPLINGS = ("default", "original")
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,61 @@ def select_demonstrations(
     chosen = [ex for group in groups for ex in rng.sample(group, k)]
     rng.shuffle(chosen)
     return chosen
+
+
+def original_demonstrations(
+    train: Sequence[Example], k: int, seed: int, n_classes: int = N_CLASSES, split: str = "train"
+) -> List[Example]:
+    """The demonstrations the original project draws, in its order: the training rows as a
+    ``datasets.Dataset`` (label a ``ClassLabel``), then
+    ``train_test_split(train_size=k * n_classes, seed=seed, stratify_by_column="label")["train"]``.
+
+    With k = 1 on the full ag_news train split this is the original's call exactly.  The split
+    gives each class its share of ``k * n_classes`` (k per class when the classes are about
+    balanced, as in ag_news).  Nothing is downloaded; ``datasets`` is needed (optional package).
+    """
+    if k < 0:
+        raise ClassificationError(f"--k must be 0 or more, got {k}")
+    if k == 0:
+        return []
+    try:
+        import datasets  # type: ignore[import-not-found]  # optional package: imported where used
+    except ImportError:
+        raise ClassificationError("--demo_sampling original needs the `datasets` package: pip install datasets") from None
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(num_classes=n_classes),
+                                  "position": datasets.Value("int64")})
+    rows = datasets.Dataset.from_dict(
+        {"text": [ex.text for ex in train], "label": [ex.label for ex in train], "position": list(range(len(train)))},
+        features=features,
+    )
+    try:
+        chosen = rows.train_test_split(train_size=k * n_classes, seed=seed, stratify_by_column="label")["train"]
+    except ValueError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClassificationError(
+            f"--demo_sampling original cannot draw {k * n_classes} demonstrations from the {len(train)} examples "
+            f"of the {split} split: {reason}"
+        ) from None
+    demos = [train[int(pos)] for pos in chosen["position"]]
+    for ex in demos:
+        if has_placeholder(ex.text):
+            raise ClassificationError(
+                f"--demo_sampling original drew {split} example {ex.index}, whose text holds a literal {{text}} or "
+                "{label_word} (it would be filled with the test input); use another --seed"
+            )
+    return demos
+
+
+def draw_demonstrations(
+    train: Sequence[Example], k: int, seed: int, n_classes: int = N_CLASSES, demo_sampling: str = "default",
+    split: str = "train",
+) -> List[Example]:
+    """The demonstrations of ``--demo_sampling`` (one of :data:`DEMO_SAMPLINGS`)."""
+    if demo_sampling == "original":
+        return original_demonstrations(train, k, seed, n_classes, split)
+    if demo_sampling != "default":
+        raise ClassificationError(f"--demo_sampling {demo_sampling!r} is not one of {', '.join(DEMO_SAMPLINGS)}")
+    return select_demonstrations(train, k, seed, n_classes, split)
 
 
 def sample_test(

@@ -35,13 +35,16 @@ def preprocess_dataset(
     embedder: Optional[str] = None,
     ckpt_dir: str = DEFAULT_CKPT_DIR,
     tokenizer_path: str = DEFAULT_TOKENIZER_PATH,
+    demo_sampling: str = "default",
     **source: Any,
 ) -> List[Dict[str, Any]]:
     """``run_preprocess.py``: resolve the dataset (``source``: the flags of
     :func:`~classification.inputs.datasets.load_dataset`), build ``method`` records and write them
     to ``data_path``.  ``n_sample`` 0 means the whole test split.
-    ``demos``, ``demo_pool``, ``n_anchor``, ``embedder``: see :mod:`classification.inputs.retrieval`."""
-    retrieval.check_demos(demos, demo_pool, embedder, n_anchor)
+    ``demos``, ``demo_pool``, ``n_anchor``, ``embedder``: see :mod:`classification.inputs.retrieval`;
+    ``demo_sampling`` "original": the original project's demonstrations for ``seed``
+    (:func:`classification.inputs.sampling.original_demonstrations`, needs ``datasets``)."""
+    retrieval.check_demos(demos, demo_pool, embedder, n_anchor, demo_sampling)
     if method not in TEMPLATE_METHODS:
         raise ClassificationError(f"--method {method!r} is not one of {', '.join(TEMPLATE_METHODS)}")
     if preset is not None:
@@ -67,7 +70,7 @@ def preprocess_dataset(
         embed, tag = None, ""
     records, anchors = retrieval.records_and_anchors(
         dataset, method, template, k, seed, sample, n_sample, sample_seed, demos, demo_pool, n_anchor, embed,
-        embeddings_path(path, tag))
+        embeddings_path(path, tag), demo_sampling)
     write_json_atomic(path, records, indent=2)
     if anchors:
         write_json_atomic(anchors_path(path), anchors, indent=2)

@@ -51,6 +51,8 @@ def make_scorer(
             for p in positions:
                 result = calibration.apply(p, records[p], direct_lp[p])
                 result["prediction"] = label_words[methods.argmax(result["log_probs"])]
+                # The original's per-record score: the calibration's own (na, cbu), else the calibrated probabilities.
+                result.setdefault("score", [math.exp(x) for x in result["log_probs"]])
                 result["shortened"] = bool(direct_outputs[p].get("shortened", False))
                 out.append(result)
             return out

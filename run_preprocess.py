@@ -14,8 +14,7 @@ def main(
     k: int = 1, seed: int = 42, n_sample: int = 16, sample_seed: int | None = None, test_size: int | None = None,
     demos: str = "random", demo_pool: int | None = None, n_anchor: int = 0, embedder: str | None = None,
     ckpt_dir: str = "checkpoints/smollm2/135M", tokenizer_path: str = "checkpoints/smollm2/tokenizer.json",
-    demo_sampling: str = "default",
-) -> None:
+    demo_sampling: str = "default") -> None:
     """Build prompts with k demonstrations per class for a preset, local files or a hub dataset.
 
     Args:
@@ -39,8 +38,7 @@ def main(
         demo_pool: bm25/knn: retrieve from a stratified sample of this many training examples (seeded).
         n_anchor: also write M labeled anchors per class (never demonstrations) to <data_path stem>.anchors.json.
         embedder: knn: a local sentence-transformers model (default: the scoring model's mean hidden states).
-        ckpt_dir: the scoring model's checkpoint, knn's default embedder.
-        tokenizer_path: the scoring model's tokenizer file.
+        ckpt_dir, tokenizer_path: the scoring model's checkpoint and tokenizer file (knn's default embedder).
         demo_sampling: default, or original: the demonstrations the original drew with --seed (needs `datasets`).
     """
     preprocess_dataset(**locals())

@@ -1,7 +1,6 @@
 """Write direct or channel input records for any text-classification dataset (classification.inputs.datasets)."""
 
 import fire
-
 from classification.cli import cli
 from classification.run.preprocess import preprocess_dataset
 
@@ -38,7 +37,8 @@ def main(
         demo_pool: bm25/knn: retrieve from a stratified sample of this many training examples (seeded).
         n_anchor: also write M labeled anchors per class (never demonstrations) to <data_path stem>.anchors.json.
         embedder: knn: a local sentence-transformers model (default: the scoring model's mean hidden states).
-        ckpt_dir, tokenizer_path: the scoring model's checkpoint and tokenizer file (knn's default embedder).
+        ckpt_dir: the scoring model's checkpoint, knn's default embedder.
+        tokenizer_path: the scoring model's tokenizer file.
         demo_sampling: default, or original: the demonstrations the original drew with --seed (needs `datasets`).
     """
     preprocess_dataset(**locals())

@@ -14,17 +14,43 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import List
 
 import fire
+import torch
 
 from classification import methods
 from classification.backend.loader import load_lm
+from classification.backend.hidden import EMBED_MAX_TOKENS
 from classification.backend.scoring import LlamaLM
 from classification.inputs.datasets import load_dataset
 from classification.inputs.retrieval import records_and_anchors
 from classification.paths import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news"
+
+
+def embedding_flops(lm: LlamaLM, texts: List[str]) -> float:
+    """Multiply-adds x 2 of a forward pass over each text's tokens (as embedded: BOS, at most
+    EMBED_MAX_TOKENS): the layers' weights, and the attention's scores and values; no output head."""
+    params = lm.model.params
+    layer_weights = sum(p.numel() for name, p in lm.model.named_parameters() if name.startswith("layers."))
+    flops = 0.0
+    for text in texts:
+        t = min(len(lm.tokenizer.encode(text, bos=True, eos=False)), EMBED_MAX_TOKENS + 1)
+        flops += 2 * layer_weights * t + 4 * params.n_layers * params.dim * t * t / 2  # causal: half the scores
+    return flops
+
+
+def mm_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """What fp32 torch.mm reaches on this machine (the limit a forward pass's matmuls approach)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def main(data_dir: str = str(DEFAULT_DATA), k: int = 1, n_test: int = 0, n_embed: int = 512, n_score: int = 16,
@@ -48,11 +74,18 @@ def main(data_dir: str = str(DEFAULT_DATA), k: int = 1, n_test: int = 0, n_embed
         return
     lm = load_lm(ckpt_dir, tokenizer_path)
     if n_embed:
+        texts = [ex.text for ex in data.train[:n_embed]]
         start = time.time()
-        lm.text_embeddings([ex.text for ex in data.train[:n_embed]])
-        rate = n_embed / (time.time() - start)
+        lm.text_embeddings(texts)
+        seconds = time.time() - start
+        rate = n_embed / seconds
         total = len(data.train) + len(data.test)
         print(f"knn embeddings: {rate:.1f} texts/s; train + test ({total}) would take {total / rate / 60:.1f} min")
+        flops = embedding_flops(lm, texts)
+        limit = mm_gflops()
+        print(f"  {flops / n_embed / 1e9:.1f} GFLOP per text: {flops / seconds / 1e9:.0f} GFLOP/s, "
+              f"{flops / seconds / 1e9 / limit:.0%} of torch.mm's {limit:.0f} GFLOP/s here "
+              f"(limit: {limit * 1e9 / (flops / n_embed):.1f} texts/s)")
     if n_score:
         chosen = records[:n_score]
         naive = LlamaLM(lm.model, lm.tokenizer, lm.max_batch_size, True, "naive")

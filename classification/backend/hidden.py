@@ -28,6 +28,9 @@ from classification.errors import ClassificationError
 
 EMBED_MAX_TOKENS = 256  # texts are cut to this many tokens for embedding (retrieval needs no more)
 _BATCH_TOKENS = 4096
+# Embedding batches are sized by tokens alone: texts are short (ag_news: 55 tokens), and 16 rows of
+# them (the scorer's --max_batch_size) left the matmuls too small (10.4 vs 16.3 texts/s at 64).
+_EMBED_MAX_ROWS = 64
 
 
 def _run_model(lm: Any, token_lists: Sequence[List[int]], pool: str, skip_first: bool = False) -> np.ndarray:
@@ -39,7 +42,7 @@ def _run_model(lm: Any, token_lists: Sequence[List[int]], pool: str, skip_first:
     model = lm.model
     device = model.tok_embeddings.weight.device
     pad = int(lm.tokenizer.eos_id)
-    max_rows = int(getattr(lm, "max_batch_size", 16))
+    max_rows = int(getattr(lm, "max_batch_size", 16)) if pool == "last" else _EMBED_MAX_ROWS
     out = np.zeros((len(token_lists), model.params.dim), dtype=np.float32)
     if not token_lists:
         return out

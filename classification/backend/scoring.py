@@ -99,6 +99,13 @@ class _Batch:
     request: np.ndarray
 
 
+def _collect(launched: Tuple[np.ndarray, Tensor], out: List[float]) -> None:
+    """Read a launched batch's sums back into ``out`` (the one wait per batch on a GPU)."""
+    reqs, sums = launched
+    for req, value in zip(reqs.tolist(), sums.tolist()):
+        out[req] = value
+
+
 def _batch_arrays(rows: List[_Row], plen: int, pad_id: int) -> _Batch:
     bsz, width = len(rows), max(len(r.tokens) for r in rows)
     tokens = np.full((bsz, width), pad_id, dtype=np.int64)
@@ -343,8 +350,16 @@ class LlamaLM:
                 rows[-1].context = ctx
         rows.sort(key=lambda r: len(r.tokens))
         prefix = self._prefix_cache(pairs[0][0][:plen])[0] if plen else None
+        # One batch in flight: the next batch is built and launched before the previous one's
+        # sums are read back, so on a GPU the host's work overlaps the device's.
+        pending: Optional[Tuple[np.ndarray, Tensor]] = None
         for batch in self._batches(rows):
-            self._score_rows(batch, prefix, plen, out)
+            launched = self._score_rows(batch, prefix, plen)
+            if pending is not None:
+                _collect(pending, out)
+            pending = launched
+        if pending is not None:
+            _collect(pending, out)
 
     def _batches(self, rows: List[_Row]) -> List[List[_Row]]:
         """Consecutive rows (sorted by length) while rows x longest row fits the token budget."""
@@ -359,7 +374,8 @@ class LlamaLM:
             batches.append([row])
         return batches
 
-    def _score_rows(self, rows: List[_Row], prefix: Optional[KVCache], plen: int, out: List[float]) -> None:
+    def _score_rows(self, rows: List[_Row], prefix: Optional[KVCache], plen: int) -> Tuple[np.ndarray, Tensor]:
+        """Launch a batch: (request numbers, their log-prob sums on the device, not yet read back)."""
         arrays = _batch_arrays(rows, plen, self.tokenizer.eos_id)
         dev, put = self.device, self._put
         h = self.model(put(arrays.tokens), 0, None, positions=put(arrays.positions),
@@ -375,11 +391,14 @@ class LlamaLM:
         logp = self._scored_log_probs(h, arrays)
         reqs, local = np.unique(arrays.request, return_inverse=True)
         sums = torch.zeros(len(reqs), dtype=logp.dtype, device=dev).index_add_(0, put(local), logp)
-        for req, value in zip(reqs.tolist(), sums.tolist()):
-            out[req] = value
+        return reqs, sums
 
     def _put(self, a: np.ndarray) -> Tensor:
-        return torch.from_numpy(a).to(self.device, non_blocking=True)
+        t = torch.from_numpy(a)
+        if self.device.type != "cuda":
+            return t
+        # From pinned memory the copy is queued without waiting for the device's earlier work.
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _scored_log_probs(self, h: Tensor, arrays: _Batch) -> Tensor:
         """(n_scored,) fp64 log p(target) of every scored entry, from the final-normed states h

@@ -120,25 +120,27 @@ def test_anchor_states_of_a_killed_run_are_scored_again(tmp_path, capsys):
 
 # Anchors (item 2)
 
+def calibrate_with_anchors(folder: Path, inputs: str, anchors) -> str:
+    """The refusal of a hidden calibration whose anchor records are ``anchors``."""
+    (folder / "in.anchors.json").write_text(json.dumps(anchors))
+    direct = str(folder / "out.json")
+    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
+    return refused(calibrate, folder, inputs, direct)
+
+
 def test_anchors_of_another_seed_are_refused(tmp_path):
     _, _, inputs = write_inputs(tmp_path, seed=1)
     other = tmp_path / "other"
     other.mkdir()
     write_inputs(other, seed=2)
-    (tmp_path / "in.anchors.json").write_text((other / "in.anchors.json").read_text())
-    direct = str(tmp_path / "out.json")
-    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
-    message = refused(calibrate, tmp_path, inputs, direct)
+    message = calibrate_with_anchors(tmp_path, inputs, json.loads((other / "in.anchors.json").read_text()))
     assert "were made by another preprocessing" in message and "seed 2 vs 1" in message
 
 
 def test_anchors_with_reordered_label_words_are_refused(tmp_path):
     _, anchors, inputs = write_inputs(tmp_path)
     reordered = [dict(a, label_words=a["label_words"][::-1]) for a in anchors]
-    (tmp_path / "in.anchors.json").write_text(json.dumps(reordered))
-    direct = str(tmp_path / "out.json")
-    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
-    message = refused(calibrate, tmp_path, inputs, direct)
+    message = calibrate_with_anchors(tmp_path, inputs, reordered)
     assert "label words" in message and "another preprocessing" in message
 
 
@@ -147,11 +149,9 @@ def test_anchors_of_another_prompt_are_refused(tmp_path):
     records, anchors, inputs = write_inputs(tmp_path)
     bare = [{k: v for k, v in r.items() if k != "meta"} for r in records]
     (tmp_path / "in.json").write_text(json.dumps(bare))
-    other = [dict(a, prompt="Other demonstrations\n" + a["prompt"]) for a in anchors]
-    (tmp_path / "in.anchors.json").write_text(json.dumps([{k: v for k, v in a.items() if k != "meta"} for a in other]))
-    direct = str(tmp_path / "out.json")
-    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
-    assert "another prompt" in refused(calibrate, tmp_path, inputs, direct)
+    other = [{k: v for k, v in dict(a, prompt="Other demonstrations\n" + a["prompt"]).items() if k != "meta"}
+             for a in anchors]
+    assert "another prompt" in calibrate_with_anchors(tmp_path, inputs, other)
 
 
 def test_knn_k_of_all_anchors_and_lda_of_one_anchor_are_refused(tmp_path):

@@ -24,14 +24,14 @@ def main(
         output_path: output JSON, one record per input; metrics go to <stem>.metrics.json.
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
             dcpmi (- log p(y|domain premise)), batch (- log of the batch's mean p; no model) or batch_logmean,
-            hidden (nearest anchor centroid), lda (shrunk discriminant) or knn (anchor vote): need --save_hidden, --n_anchor.
+            hidden (anchor centroids), lda, knn, hidden_auto, lda_auto (layers chosen): need --save_hidden, --n_anchor.
         ckpt_dir, tokenizer_path, model_parallel_size: the direct run's checkpoint, tokenizer and model-parallel size.
         max_seq_len, max_batch_size, dtype, device, quantize, verify_checkpoint: as for run_evaluate_direct_llama.py.
         scoring, completion_end: fast (prefix computed once) or naive; eos, none or newline: the direct run's values.
         content_free: na/cbu: text or list of texts, averaged, e.g. --content_free='["N/A","","[MASK]"]'.
         domain_premise: dcpmi: the premise (default: the template after {text}, e.g. "Category:").
         batch_size: batch: records per batch, in file order (default: the whole test set).
-        n_anchor, knn_k: hidden/lda/knn: anchors per class used (default: all); knn: nearest anchors that vote (3).
+        n_anchor, knn_k: anchor calibrations: anchors per class used (default: all); knn: nearest anchors that vote (3).
     """
     evaluate("calibrate", data_path=direct_input_path, **{k: v for k, v in locals().items() if k != "direct_input_path"})
 

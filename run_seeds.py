@@ -4,7 +4,7 @@ import fire
 
 from classification.cli import cli
 from classification.run.runner import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
-from classification.run.seeds import DEFAULT_N_ANCHOR, SEED_METHODS, run_seeds
+from classification.run.seeds import SEED_METHODS, run_seeds
 
 
 @cli
@@ -13,15 +13,13 @@ def main(
     seeds: list[int] = (1, 2, 3), n_sample: int = 300, out_dir: str | None = None, ckpt_dir: str = DEFAULT_CKPT_DIR,
     tokenizer_path: str = DEFAULT_TOKENIZER_PATH, max_seq_len: int = 2048, max_batch_size: int = 16,
     dtype: str | None = None, device: str | None = None, model_parallel_size: int | None = None, quantize: str = "none",
-    n_anchor: int = DEFAULT_N_ANCHOR,
 ) -> None:
     """For each seed: k demonstrations per class (same test sample), every method; then mean ± std.
 
     Args:
         dataset: a preset (ag_news, sst2, sst5, trec, mr, cr, subj, dbpedia) or a dataset spec .json (see README).
         data_dir: folder of the preset's offline files, e.g. ../shared/data/sst2 (default: the hub).
-        methods: some of direct, na, cbu, dcpmi, batch, batch_logmean (calibrations of direct), channel, generate,
-            and the anchor calibrations hidden, lda, knn, hidden_auto, lda_auto (they add anchors and hidden states).
+        methods: some of direct, na, cbu, dcpmi, batch, batch_logmean, hidden, lda, knn, hidden_auto, lda_auto, channel, generate.
         k: demonstrations per class.
         seeds: demonstration seeds, e.g. --seeds='[1,2,3]'.
         n_sample: stratified test sample (seed 0, the same for every seed); 0 for the whole test split.
@@ -34,7 +32,6 @@ def main(
         device: cpu or cuda (default: cuda when available).
         model_parallel_size: ranks that split the model (default: a Meta checkpoint's shard count, 1 for HF/GGUF).
         quantize: none, int8 (LLM.int8: bitsandbytes on CUDA, int8 kernels on CPU) or int8w (int8 weights only).
-        n_anchor: labeled anchors per class for the anchor calibrations (drawn with each seed).
     """
     run_seeds(**locals())
 

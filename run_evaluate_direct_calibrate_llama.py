@@ -23,7 +23,7 @@ def main(
             are reused); this run's output JSON, one record per input, metrics in <stem>.metrics.json.
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
             dcpmi (- log p(y|domain premise)), batch (- log of the batch's mean p; no model) or batch_logmean,
-            hidden (nearest anchor centroid), lda (shrunk discriminant) or knn (anchor vote): need --save_hidden, --n_anchor.
+            hidden (anchor centroids), lda, knn, hidden_auto, lda_auto (layers chosen): need --save_hidden, --n_anchor.
         ckpt_dir, tokenizer_path, max_seq_len, dtype, quantize: the direct run's (checked against its metrics), and
             max_batch_size, device, verify_checkpoint, model_parallel_size as for run_evaluate_direct_llama.py.
         accept_mismatch: use a direct run made with another model or precision than these flags (refused by default).
@@ -31,7 +31,7 @@ def main(
         content_free: na/cbu: text or list of texts, averaged, e.g. --content_free='["N/A","","[MASK]"]'.
         domain_premise: dcpmi: the premise (default: the template after {text}, e.g. "Category:").
         batch_size: batch: records per batch, in file order (default: the whole test set).
-        n_anchor, knn_k: hidden/lda/knn: anchors per class used (default: all); knn: nearest anchors that vote (3).
+        n_anchor, knn_k: anchor calibrations: anchors per class used (default: all); knn: nearest anchors that vote (3).
     """
     evaluate("calibrate", data_path=direct_input_path, **{k: v for k, v in locals().items() if k != "direct_input_path"})
 

@@ -29,7 +29,7 @@ def main(
         quantize: none, int8 (LLM.int8: bitsandbytes on CUDA, int8 kernels on CPU) or int8w (int8 weights only).
         scoring: fast (prompt prefix computed once) or naive (every sequence in full).
         completion_end: eos (also score EOS after the label), none, or newline (score a newline).
-        save_hidden: also save each record's label-predicting hidden state (<stem>.hidden.npy) for hidden/lda/knn.
+        save_hidden: also save each record's label-predicting states of 6 layers (<stem>.hidden.npy) for hidden/lda/knn.
         check_model, verify_checkpoint: stop if the model predicts its prompt near uniform; check checklist.chk md5s.
         model_parallel_size: ranks that split the model (default: a Meta checkpoint's shard count, 1 for HF/GGUF).
     """

@@ -1,7 +1,7 @@
 """Classifiers from the direct pass: hidden-state and kNN calibration on labeled anchors.
 
-Both re-classify a direct run from what it saved with ``--save_hidden`` (the final hidden state at
-the position that predicts the label, :mod:`classification.backend.hidden`) and the same states of
+All re-classify a direct run from what it saved with ``--save_hidden`` (hidden states at the
+position that predicts the label, :mod:`classification.backend.hidden`) and the same states of
 *anchors*: m labeled training examples per class, never demonstrations, written by the
 preprocess scripts with ``--n_anchor`` (``<inputs stem>.anchors.json``, the test set's prompt).
 The anchors are scored once by an ordinary direct run (``<direct output stem>.anchors.json`` +
@@ -23,6 +23,19 @@ that run (:meth:`classification.calibrations.Calibration.needed_runs`) and the r
   ``mean_v p_v (log p_v - log q_v)`` (KL(p || q) / |V|); the ``knn_k`` nearest anchors vote, ties
   to the first label.  ``log_probs`` = log of the Laplace-smoothed vote shares,
   (votes + 1) / (knn_k + C).
+- ``hidden_auto``, ``lda_auto`` -- the nearest centroid and the shrunk discriminant on features
+  they choose themselves (:class:`ChosenFeatures`).  The direct run saves the states of a few
+  layers (the last third of the model, :func:`classification.backend.hidden.saved_layers`);
+  which layer separates the classes best, and whether each feature should first be
+  standardized, differ by model and dataset.  Candidates: each saved layer alone and every two
+  neighbouring saved layers side by side; scaled by ``standard`` (minus the mean, divided by the
+  standard deviation, of the anchors; within cross-validation, of the training folds) or
+  ``none``; for ``lda_auto`` also λ from :data:`AUTO_SHRINKAGES`.  The choice is made by
+  cross-validation on the anchors alone (the same folds as ``lda``): most held-out anchors
+  right, then the highest held-out log-probability of their class, then the stronger shrinkage,
+  standardized, one layer, the later layer.  The chosen classifier is fitted on all anchors;
+  what it chose goes into the metrics (``features``).  hidden, lda and knn read the last saved
+  layer: the final-normed state.
 
 :class:`AnchorCalibration` is what the registered calibrations of :mod:`classification.calibrations`
 call: ``check`` (one-line errors before any model is loaded), ``prepare`` (fit on the scored
@@ -31,8 +44,9 @@ anchors) and ``apply`` (one record's log-probs).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,9 +55,9 @@ from classification.fileio import file_sha256
 from classification.paths import anchors_path
 from classification.provenance import check_same_model, check_same_prompt, check_written, read_metrics
 from classification.records import load_records
-from classification.states import load_hidden
+from classification.states import load_hidden, saved_layers
 
-NAMES = ("hidden", "lda", "knn")  # registered in classification.calibrations
+NAMES = ("hidden", "lda", "knn", "hidden_auto", "lda_auto")  # registered in classification.calibrations
 SHRINKAGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 DEFAULT_KNN_K = 3
 
@@ -155,8 +169,155 @@ class KnnVote:
         return np.log((votes + 1) / (votes.shape[1] + min(self.k, m)))
 
 
+# -- hidden_auto, lda_auto: features chosen on the anchors ------------------------------------
+
+KINDS = ("centroid", "lda")
+AUTO_KINDS = {"hidden_auto": "centroid", "lda_auto": "lda"}  # calibration name -> ChosenFeatures kind
+SCALINGS = ("standard", "none")
+DEFAULT_FOLDS = 4
+# lda_auto's shrinkages: SHRINKAGES and stronger ones (standardized states often want more; λ -> ∞
+# is the nearest centroid of the scaled features).
+AUTO_SHRINKAGES = SHRINKAGES + (30.0, 100.0)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Features = the saved layers at ``positions`` (indices into the saved-layer axis), side by side."""
+
+    positions: Tuple[int, ...]
+    scaling: str
+
+
+Key = Tuple[Candidate, Optional[float]]  # a candidate and its shrinkage (None: nearest centroid)
+
+
+def rank_folds(y: np.ndarray, n_classes: int, folds: int) -> np.ndarray:
+    """Each anchor's fold: its rank within its class modulo ``folds``."""
+    fold = np.zeros(len(y), dtype=np.int64)
+    for c in range(n_classes):
+        fold[y == c] = np.arange(int((y == c).sum())) % folds
+    return fold
+
+
+class Scaler:
+    """Standardization by the fitting rows' per-feature mean and standard deviation (``standard``), or none."""
+
+    def __init__(self, scaling: str) -> None:
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, not {scaling!r}")
+        self.scaling = scaling
+
+    def fit(self, x: np.ndarray) -> "Scaler":
+        if self.scaling == "standard":
+            self.mean = x.mean(axis=0)
+            std = x.std(axis=0)
+            # A feature constant over the anchors carries nothing: left unscaled rather than blown up.
+            self.std = np.where(std > 1e-6 * max(float(std.max()), 1e-30), std, 1.0)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std if self.scaling == "standard" else x
+
+
+def features(states: np.ndarray, positions: Sequence[int]) -> np.ndarray:
+    """(n, len(positions) * dim) float64: the states (n, layers, dim) of those saved layers side by side."""
+    return states[:, list(positions)].reshape(len(states), -1).astype(np.float64)
+
+
+class ChosenFeatures:
+    """A centroid or LDA classifier on layers and scaling chosen by cross-validation on the anchors."""
+
+    def __init__(self, kind: str, folds: int = DEFAULT_FOLDS, shrinkages: Sequence[float] = AUTO_SHRINKAGES,
+                 scalings: Sequence[str] = SCALINGS, pairs: bool = True) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        self.kind, self.folds, self.shrinkages = kind, folds, tuple(shrinkages)
+        self.scalings, self.pairs = tuple(scalings), pairs
+
+    def candidates(self, n_saved: int) -> List[Candidate]:
+        """Every saved layer alone and (``pairs``) every two neighbouring saved layers, in every scaling."""
+        sets = [(i,) for i in range(n_saved)]
+        if self.pairs:
+            sets += [(i, i + 1) for i in range(n_saved - 1)]
+        return [Candidate(s, scaling) for s in sets for scaling in self.scalings]
+
+    def _strengths(self) -> Tuple[Optional[float], ...]:
+        return self.shrinkages if self.kind == "lda" else (None,)
+
+    def cv_scores(self, states: np.ndarray, y: np.ndarray, n_classes: int) -> Dict[Key, Tuple[int, float]]:
+        """{(candidate, λ or None): (held-out anchors classified right, their summed log-prob of
+        the true class (log-softmax of the scores, as the calibration outputs)) over the folds}."""
+        fold = rank_folds(y, n_classes, self.folds)
+        right: Dict[Key, int] = {}
+        loglik: Dict[Key, float] = {}
+        for cand in self.candidates(states.shape[1]):
+            x = features(states, cand.positions)
+            for f in range(self.folds):
+                train, held = fold != f, fold == f
+                scaler = Scaler(cand.scaling).fit(x[train])
+                xt, xh = scaler.transform(x[train]), scaler.transform(x[held])
+                for lam, scores in self._held_out_scores(xt, y[train], xh, n_classes):
+                    key = (cand, lam)
+                    right[key] = right.get(key, 0) + int((scores.argmax(1) == y[held]).sum())
+                    true = _log_softmax(scores)[np.arange(len(xh)), y[held]]
+                    loglik[key] = loglik.get(key, 0.0) + float(true.sum())
+        return {key: (right[key], loglik[key]) for key in right}
+
+    def _held_out_scores(self, xt: np.ndarray, yt: np.ndarray, xh: np.ndarray,
+                         n_classes: int) -> Iterator[Tuple[Optional[float], np.ndarray]]:
+        if self.kind == "centroid":
+            yield None, NearestCentroid().fit(xt, yt, n_classes).scores(xh)
+            return
+        means, vt, e, unit = ShrinkageLDA._fit(xt, yt, n_classes)
+        for lam in self.shrinkages:
+            pm = ShrinkageLDA._means_times_precision(means, vt, e, lam * unit)
+            yield lam, ShrinkageLDA._scores(xh, means, pm)
+
+    def _preference(self, key: Key) -> Tuple[Any, ...]:
+        """Last ties: stronger shrinkage, standardized, one layer, later layer."""
+        cand, lam = key
+        return (lam if lam is not None else 0.0, cand.scaling == "standard", -len(cand.positions), max(cand.positions))
+
+    def fit(self, states: np.ndarray, y: np.ndarray, n_classes: int) -> "ChosenFeatures":
+        """Choose on the anchors' states (m, layers, dim) and labels, then fit on all of them."""
+        if states.ndim != 3:
+            raise ValueError(f"states must be (anchors, layers, dim), not {states.shape}")
+        counts = np.bincount(y, minlength=n_classes)
+        if counts.min() >= 2 * self.folds:
+            cv = self.cv_scores(states, y, n_classes)
+            self.chosen, self.shrinkage = max(cv, key=lambda k: (cv[k], self._preference(k)))
+            self.cv_accuracy: Optional[float] = cv[(self.chosen, self.shrinkage)][0] / len(y)
+        else:  # too few anchors to cross-validate: the last layer standardized, the strongest shrinkage
+            self.chosen = Candidate((states.shape[1] - 1,), "standard")
+            self.shrinkage = max(self.shrinkages) if self.kind == "lda" else None
+            self.cv_accuracy = None
+        x = features(states, self.chosen.positions)
+        self.scaler = Scaler(self.chosen.scaling).fit(x)
+        xs = self.scaler.transform(x)
+        if self.kind == "lda":
+            self.model: Any = ShrinkageLDA(shrinkages=(self.shrinkage,)).fit(xs, y, n_classes)
+        else:
+            self.model = NearestCentroid().fit(xs, y, n_classes)
+        return self
+
+    def scores(self, states: np.ndarray) -> np.ndarray:
+        """(n, classes) scores of the test states (n, layers, dim); argmax = prediction."""
+        return self.model.scores(self.scaler.transform(features(states, self.chosen.positions)))
+
+    def summary(self, layer_numbers: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+        """What was chosen: the layers (``layer_numbers``: the saved layers' numbers; None: a file
+        of the final-normed state alone), scaling, shrinkage, cross-validated accuracy on the anchors."""
+        names: List[Any] = list(layer_numbers) if layer_numbers is not None else ["final"]
+        out: Dict[str, Any] = {"layers": [names[i] for i in self.chosen.positions], "scaling": self.chosen.scaling,
+                               "cv_accuracy": self.cv_accuracy, "folds": self.folds}
+        if self.kind == "lda":
+            out["shrinkage"] = self.shrinkage
+        return out
+
+
 class AnchorCalibration:
-    """The work of ``--calibration hidden|lda|knn`` (:mod:`classification.calibrations`): check, prepare, apply."""
+    """The work of ``--calibration hidden|lda|knn|hidden_auto|lda_auto`` (:mod:`classification.calibrations`):
+    check, prepare, apply."""
 
     def __init__(self, name: str, n_anchor: Optional[int] = None, knn_k: int = DEFAULT_KNN_K,
                  accept_mismatch: bool = False) -> None:
@@ -180,8 +341,11 @@ class AnchorCalibration:
                                       f"to show which hidden states are its; {rerun}")
         self.test_fingerprint = direct_metrics.get("fingerprint") or {}
         self.test_hidden_path = check_written(direct_output_path, direct_metrics, "hidden", rerun)
-        self.test_hidden = load_hidden(self.test_hidden_path, len(records), f"--direct_output_path {direct_output_path}",
+        self.test_states = load_hidden(self.test_hidden_path, len(records), f"--direct_output_path {direct_output_path}",
                                        rerun)
+        # hidden, lda, knn: the final-normed state (the last saved layer); *_auto: every saved layer.
+        self.test_layers = saved_layers(direct_output_path, self.test_states)
+        self.test_hidden = self.test_states[:, -1] if self.test_states.ndim == 3 else self.test_states
         self.anchor_inputs = anchors_path(direct_input_path)
         if not Path(self.anchor_inputs).is_file():
             raise ClassificationError(
@@ -235,14 +399,18 @@ class AnchorCalibration:
             check_same_model(metrics.get("fingerprint") or {}, self.test_fingerprint,
                              f"the anchors' hidden states {anchor_hidden}",
                              f"the test states {self.test_hidden_path} are the direct run's: {rescore} with its flags")
-        states = load_hidden(anchor_hidden, len(self.anchor_records), f"anchors {self.anchor_outputs}", rescore)[self.keep]
+        all_states = load_hidden(anchor_hidden, len(self.anchor_records), f"anchors {self.anchor_outputs}",
+                                 rescore)[self.keep]
+        states = all_states[:, -1] if all_states.ndim == 3 else all_states  # the final-normed state
         if states.shape[1] != self.test_hidden.shape[1]:
             raise ClassificationError(
                 f"{anchor_hidden} holds {states.shape[1]}-dimensional hidden states but {self.test_hidden_path} "
                 f"{self.test_hidden.shape[1]}-dimensional ones: they come from different models; delete {anchor_hidden} "
                 "to score the anchors again with this model"
             )
-        if self.name in ("hidden", "lda"):
+        if self.name in AUTO_KINDS:
+            self._prepare_auto(all_states, anchor_hidden)
+        elif self.name in ("hidden", "lda"):
             model = NearestCentroid() if self.name == "hidden" else ShrinkageLDA()
             self.fitted = model.fit(states, self.labels, self.n_classes)
             self.log_probs = _log_softmax(self.fitted.scores(self.test_hidden))
@@ -253,6 +421,19 @@ class AnchorCalibration:
                      for i in range(0, len(self.test_hidden), 256)]
             self.log_probs = _log_softmax(np.concatenate(parts))
 
+    def _prepare_auto(self, anchor_states: np.ndarray, anchor_hidden: str) -> None:
+        """hidden_auto, lda_auto: layers, scaling (and shrinkage) chosen on the anchors' saved layers."""
+        anchor_layers = saved_layers(self.anchor_outputs, anchor_states)
+        if anchor_layers != self.test_layers:
+            raise ClassificationError(
+                f"{anchor_hidden} holds the states of layers {anchor_layers or 'final'} but {self.test_hidden_path} of "
+                f"layers {self.test_layers or 'final'}; --calibration {self.name} needs the same layers: rerun the "
+                f"direct run with --save_hidden, or delete {anchor_hidden} to score the anchors again"
+            )
+        as_layers = (lambda x: x if x.ndim == 3 else x[:, None, :])  # (n, dim): the final state alone
+        self.fitted = ChosenFeatures(AUTO_KINDS[self.name]).fit(as_layers(anchor_states), self.labels, self.n_classes)
+        self.log_probs = _log_softmax(self.fitted.scores(as_layers(self.test_states)))
+
     def apply(self, pos: int) -> List[float]:
         """Normalized label log-probs of record ``pos``."""
         return [float(x) for x in self.log_probs[pos]]
@@ -262,6 +443,8 @@ class AnchorCalibration:
                "hidden_path": self.test_hidden_path}
         if self.name == "lda":
             out["lda_shrinkage"] = self.fitted.shrinkage
+        if self.name in AUTO_KINDS:
+            out["features"] = self.fitted.summary(self.test_layers)
         if self.name == "knn":
             out["knn_k"] = self.knn_k
         return out

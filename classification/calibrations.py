@@ -284,6 +284,21 @@ class LDA(_Anchored):
 
 
 @register
+class HiddenAuto(_Anchored):
+    """Nearest class centroid on the saved layers and scaling that cross-validation on the anchors chooses."""
+
+    name = "hidden_auto"
+
+
+@register
+class LDAAuto(_Anchored):
+    """The shrunk linear discriminant on the saved layers, scaling and shrinkage that cross-validation
+    on the anchors chooses."""
+
+    name = "lda_auto"
+
+
+@register
 class KNN(_Anchored):
     """kNN prompting (Xu et al. 2023): the ``knn_k`` anchors nearest in next-token distribution vote."""
 

@@ -63,6 +63,12 @@ class HiddenStateModel(LanguageModel, Protocol):
         (the position whose next-token distribution scores the label)."""
         ...
 
+    def context_states(self, contexts: Sequence[str]) -> "np.ndarray":
+        """(n, layers, dim) float32: the states of the layers ``hidden_layers`` names (numbered as
+        HF transformers' hidden states; the last is the final-normed state) at that position.
+        Optional: ``--save_hidden`` keeps ``context_hidden`` alone for a model without it."""
+        ...
+
     def text_embeddings(self, texts: Sequence[str]) -> "np.ndarray":
         """(n, dim) float32: each text's hidden states (the text alone) mean-pooled."""
         ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -326,6 +326,11 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+def _gather_positions(h: Tensor, at: Tensor) -> Tensor:
+    """h (bsz, seqlen, dim) at ``at`` (bsz, n) indices into seqlen: (bsz, n, dim)."""
+    return torch.gather(h, 1, at[..., None].expand(-1, -1, h.shape[-1]))
+
+
 class Transformer(nn.Module):
     def __init__(self, params: ModelArgs):
         super().__init__()
@@ -347,7 +352,9 @@ class Transformer(nn.Module):
         logits_at: Optional[Tensor] = None,
         prefix: Optional[KVCache] = None,
         return_hidden: bool = False,
-    ) -> Tensor:
+        layers: Optional[Sequence[int]] = None,
+        layers_at: Optional[Tensor] = None,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Logits (fp32) for ``tokens`` (bsz, seqlen) placed at slot ``start_pos`` of ``cache``.
 
         positions: (bsz, seqlen) RoPE positions; default (prefix length +) start_pos + arange.
@@ -359,6 +366,11 @@ class Transformer(nn.Module):
         prefix: a filled one-row cache every row attends to in full before its own keys (the
             shared demonstrations), read in place: never copied per row.
         return_hidden: return the final-normed hidden states (at ``logits_at``) instead of logits.
+        layers: also return the hidden states of these layers at ``layers_at`` (bsz, m) indices
+            into seqlen, as ``(output, states)`` with states (bsz, m, len(layers), dim) in the
+            forward's dtype.  Numbered as HF transformers' ``output_hidden_states``: 0 is the
+            token embeddings, l in 1..n_layers-1 the residual stream after block l, and n_layers
+            the final-normed state (what the output head reads).
         """
         bsz, seqlen = tokens.shape
         h = self.tok_embeddings(tokens)
@@ -372,11 +384,31 @@ class Transformer(nn.Module):
             mask = mask[None, None]
         if mask is not None:  # once for every layer
             mask = attention_bias(mask, h.dtype)
-        for layer in self.layers:
+        n_layers = len(self.layers)
+        wanted = self._check_layers(layers, layers_at, bsz)
+        taken: Dict[int, Tensor] = {}
+        if 0 in wanted:
+            taken[0] = _gather_positions(h, layers_at)
+        for i, layer in enumerate(self.layers, 1):
             h = layer(h, rot, start_pos, cache, mask, prefix)
+            if i in wanted and i < n_layers:
+                taken[i] = _gather_positions(h, layers_at)
+        if n_layers in wanted:
+            taken[n_layers] = self.norm(_gather_positions(h, layers_at))  # per position: as after the gather below
         if logits_at is not None:
-            h = torch.gather(h, 1, logits_at[..., None].expand(-1, -1, h.shape[-1]))  # (bsz, n, dim)
+            h = _gather_positions(h, logits_at)  # (bsz, n, dim)
         h = self.norm(h)
-        if return_hidden:
-            return h
-        return self.output(h).float()
+        out = h if return_hidden else self.output(h).float()
+        if layers is None:
+            return out
+        return out, torch.stack([taken[i] for i in layers], dim=2)  # (bsz, m, len(layers), dim)
+
+    def _check_layers(self, layers: Optional[Sequence[int]], layers_at: Optional[Tensor], bsz: int) -> set:
+        if layers is None:
+            return set()
+        n_layers = len(self.layers)
+        if not layers or any(not 0 <= int(i) <= n_layers for i in layers):
+            raise ValueError(f"layers must be a non-empty list of layer numbers in 0..{n_layers}, got {list(layers)}")
+        if layers_at is None or layers_at.dim() != 2 or layers_at.shape[0] != bsz:
+            raise ValueError("layers needs layers_at: (bsz, m) indices into the sequence")
+        return {int(i) for i in layers}

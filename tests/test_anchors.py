@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 
 import numpy as np
 import pytest
 
 from classification.inputs import retrieval
-from classification.anchors import SHRINKAGES, KnnVote, NearestCentroid, ShrinkageLDA
+from classification.anchors import AUTO_SHRINKAGES, SHRINKAGES, Candidate, ChosenFeatures, KnnVote, NearestCentroid, ShrinkageLDA
 from classification.inputs.datasets import Dataset, get_preset
 from classification.errors import ClassificationError
 from classification.run.runner import evaluate
@@ -81,8 +82,8 @@ def test_knn_vote_against_loops():
         assert int(np.argmax(got[i])) == votes.index(max(votes))
 
 
-def write_inputs(tmp_path, n_anchor=3):
-    train, test = synthetic_splits(8, 3)
+def write_inputs(tmp_path, n_anchor=3, n_train=8):
+    train, test = synthetic_splits(n_train, 3)
     p = get_preset("ag_news")
     data = Dataset("ag_news", train, test, list(p.label_words), dict(p.templates), p.instruction)
     records, anchors = retrieval.records_and_anchors(data, "direct", None, 1, 1, True, 12, 0, n_anchor=n_anchor)
@@ -261,3 +262,155 @@ def test_an_output_beside_the_output_never_overwrites_an_input(tmp_path):
     with pytest.raises(ClassificationError) as e:
         evaluate("direct", inputs, str(tmp_path / "tok.json"), lm=FakeLM(), tokenizer_path=str(tok), save_hidden=True)
     assert "(--tokenizer_path" in str(e.value) and tok.read_bytes() == b"tokenizer"
+
+
+# -- hidden_auto, lda_auto: features chosen on the anchors -------------------------------------
+
+
+def layered_states(rng, y, n_layers=3, dim=4):
+    """Layer 0 pure noise; layer 1 the classes in dimension 0 under a noise feature 100x larger; layer 2 weaker."""
+    n = len(y)
+    states = rng.normal(size=(n, n_layers, dim))
+    states[:, 1, 0] += 3.0 * y
+    states[:, 1, 1] *= 100.0
+    states[:, 2, 0] += 1.0 * y
+    return states
+
+
+def test_chosen_features_against_loops():
+    rng = np.random.default_rng(3)
+    y = np.arange(36) % 3
+    states, test = layered_states(rng, y), layered_states(rng, np.arange(9) % 3)
+
+    def rank(i):
+        return sum(1 for j in range(i) if y[j] == y[i])
+
+    def feats(s, positions):
+        return np.concatenate([s[:, p] for p in positions], axis=1)
+
+    def fit(x, ys, lam):  # explicit inverse of the shrunk pooled covariance
+        means = [x[ys == c].mean(0) for c in range(3)]
+        cov = sum(np.outer(x[i] - means[ys[i]], x[i] - means[ys[i]]) for i in range(len(x))) / len(x)
+        return means, np.linalg.inv(cov + lam * np.trace(cov) / x.shape[1] * np.eye(x.shape[1]))
+
+    def scale(train, x, how):
+        if how == "none":
+            return x
+        return (x - train.mean(0)) / train.std(0)
+
+    def log_posteriors(means, prec, x):  # equal priors: log-softmax of minus half the Mahalanobis distances
+        d = np.array([[-(t - m) @ prec @ (t - m) / 2 for m in means] for t in x])
+        return d - np.log(np.exp(d - d.max(1, keepdims=True)).sum(1, keepdims=True)) - d.max(1, keepdims=True)
+
+    sets = [(0,), (1,), (2,), (0, 1), (1, 2)]
+    right, loglik = {}, {}
+    for positions in sets:
+        for how in ("standard", "none"):
+            for lam in AUTO_SHRINKAGES:
+                n, ll = 0, 0.0
+                for f in range(4):
+                    held = np.array([rank(i) % 4 == f for i in range(36)])
+                    x = feats(states, positions)
+                    xt, xh = scale(x[~held], x[~held], how), scale(x[~held], x[held], how)
+                    means, prec = fit(xt, y[~held], lam)
+                    lp = log_posteriors(means, prec, xh)
+                    n += sum(int(np.argmax(row)) == t for row, t in zip(lp, y[held]))
+                    ll += sum(row[t] for row, t in zip(lp, y[held]))
+                right[(positions, how, lam)], loglik[(positions, how, lam)] = n, ll
+    best = max(right, key=lambda k: (right[k], round(loglik[k], 6), k[2], k[1] == "standard", -len(k[0]), max(k[0])))
+    chosen = ChosenFeatures("lda").fit(states, y, 3)
+    assert (chosen.chosen.positions, chosen.chosen.scaling, chosen.shrinkage) == best
+    assert chosen.cv_accuracy == right[best] / 36
+    cv = chosen.cv_scores(states, y, 3)
+    for (cand, lam), (n, ll) in cv.items():
+        assert n == right[(cand.positions, cand.scaling, lam)]
+        assert ll == pytest.approx(loglik[(cand.positions, cand.scaling, lam)], abs=1e-6)
+    assert 0 not in best[0]  # the noise layer is never chosen
+    x = feats(states, best[0])
+    means, prec = fit(scale(x, x, best[1]), y, best[2])
+    xt = scale(x, feats(test, best[0]), best[1])
+    got = chosen.scores(test)
+    for t, g in zip(xt, got):
+        d = [(t - m) @ prec @ (t - m) for m in means]
+        assert g - g[0] == pytest.approx([-(dc - d[0]) / 2 for dc in d], abs=1e-8)
+    summary = chosen.summary([20, 25, 30])
+    assert summary["layers"] == [[20, 25, 30][p] for p in best[0]] and summary["shrinkage"] == best[2]
+
+
+def test_standardizing_undoes_a_large_noise_feature():
+    """Nearest centroids: one feature of large noise hides the class feature unless standardized."""
+    rng = np.random.default_rng(4)
+    y = np.arange(48) % 2
+    states = rng.normal(size=(48, 1, 3))
+    states[:, 0, 0] += 4.0 * y
+    states[:, 0, 1] *= 50.0
+    chosen = ChosenFeatures("centroid").fit(states, y, 2)
+    assert chosen.chosen == Candidate((0,), "standard") and chosen.shrinkage is None
+    cv = chosen.cv_scores(states, y, 2)
+    assert cv[(Candidate((0,), "standard"), None)][0] >= cv[(Candidate((0,), "none"), None)][0] + 10
+
+
+class LayeredFakeLM(FakeLM):
+    """FakeLM with three saved layers: 7 noise (hashed from the context), 8 the topic counts under one
+    noise feature 1000x larger, 9 the final state (``context_hidden``)."""
+
+    hidden_layers = (7, 8, 9)
+
+    def context_states(self, contexts):
+        final = self.context_hidden(contexts)
+        noise = np.stack([np.random.default_rng(zlib.crc32(c.encode())).normal(size=final.shape[1])
+                          for c in contexts]).astype(np.float32)
+        middle = final + 0.1 * noise
+        middle[:, -1] = 1000 * noise[:, 0]
+        return np.stack([noise, middle, final], axis=1)
+
+
+@pytest.mark.parametrize("calibration", ["hidden_auto", "lda_auto"])
+def test_auto_features_use_the_anchors_only(tmp_path, calibration):
+    """The choice and the predictions never see a test label: shuffling them changes neither."""
+    runs = {}
+    for name, shuffle in (("plain", False), ("shuffled", True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        records, _, inputs = write_inputs(folder, n_anchor=8, n_train=12)
+        if shuffle:
+            labels = [r["ground_truth"] for r in records]
+            order = np.random.default_rng(0).permutation(len(labels))
+            for r, i in zip(records, order):
+                r["ground_truth"] = labels[i]
+            assert [r["ground_truth"] for r in records] != labels
+            (folder / "in.json").write_text(json.dumps(records))
+        direct = str(folder / "out.json")
+        evaluate("direct", inputs, direct, lm=LayeredFakeLM(), save_hidden=True)
+        assert np.load(folder / "out.hidden.npy").shape == (len(records), 3, 5)
+        evaluate("calibrate", inputs, str(folder / "cal.json"), direct_output_path=direct, calibration=calibration,
+                 lm=LayeredFakeLM())
+        out = json.loads((folder / "cal.json").read_text())
+        runs[name] = ([o["prediction"] for o in out], [o["log_probs"] for o in out],
+                      json.loads((folder / "cal.metrics.json").read_text()))
+    assert runs["plain"][0] == runs["shuffled"][0] and runs["plain"][1] == runs["shuffled"][1]
+    chosen = runs["plain"][2]["features"]
+    assert chosen == runs["shuffled"][2]["features"]
+    assert 7 not in chosen["layers"] and chosen["cv_accuracy"] == 1.0 and runs["plain"][2]["accuracy"] == 1.0
+    assert set(chosen) >= {"layers", "scaling", "cv_accuracy", "folds"} and ("shrinkage" in chosen) == (calibration == "lda_auto")
+
+
+def test_auto_features_on_a_file_of_the_final_state_alone(tmp_path):
+    """(n, dim) files (saved before layers were, or by a model without layers) are the final layer."""
+    _, _, inputs = write_inputs(tmp_path, n_anchor=8, n_train=12)
+    direct = str(tmp_path / "out.json")
+    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)
+    evaluate("calibrate", inputs, str(tmp_path / "cal.json"), direct_output_path=direct, calibration="lda_auto",
+             lm=FakeLM())
+    metrics = json.loads((tmp_path / "cal.metrics.json").read_text())
+    assert metrics["features"]["layers"] == ["final"] and metrics["accuracy"] == 1.0
+
+
+def test_auto_features_refuse_anchors_of_other_layers(tmp_path):
+    _, _, inputs = write_inputs(tmp_path, n_anchor=8, n_train=12)
+    direct = str(tmp_path / "out.json")
+    evaluate("direct", inputs, direct, lm=FakeLM(), save_hidden=True)  # (n, dim): the final state alone
+    evaluate("calibrate", inputs, str(tmp_path / "cal.json"), direct_output_path=direct, calibration="lda",
+             lm=LayeredFakeLM())  # the anchors scored with layers: lda reads their final layer
+    message = calibrate_error(tmp_path, inputs, direct, "lda_auto")
+    assert "out.anchors.hidden.npy holds the states of layers [7, 8, 9]" in message and "of layers final" in message

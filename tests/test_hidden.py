@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -13,8 +15,8 @@ from classification_fakes import WhitespaceTokenizer
 from llama.model import ModelArgs, Transformer
 
 
-def tiny_lm(max_batch_size: int = 3) -> LlamaLM:
-    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32, max_seq_len=256)
+def tiny_lm(max_batch_size: int = 3, n_layers: int = 2) -> LlamaLM:
+    args = ModelArgs(dim=64, n_layers=n_layers, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32, max_seq_len=256)
     torch.manual_seed(0)
     model = Transformer(args)
     with torch.no_grad():
@@ -94,9 +96,12 @@ def test_saved_rows_round_trip_as_float16(tmp_path):
     path = str(tmp_path / "out.hidden.npy")
     states.save_hidden(path, results)
     saved = np.load(path)
-    assert saved.dtype == np.float16 and saved.shape == (4, 64)
-    want = hidden.context_hidden(lm, [DEMOS + f"Article: {t}\nCategory:" for t in TEXTS])
+    assert lm.hidden_layers == (1, 2) and results[0]["hidden_layers"] == [1, 2]  # the 2-layer model's last third
+    assert saved.dtype == np.float16 and saved.shape == (4, 2, 64)
+    want = hidden.context_states(lm, [DEMOS + f"Article: {t}\nCategory:" for t in TEXTS])
     np.testing.assert_allclose(saved.astype(np.float32), want, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(want[:, -1], hidden.context_hidden(lm, [DEMOS + f"Article: {t}\nCategory:"
+                                                                         for t in TEXTS]))
 
 
 def test_scoring_keeps_the_states_that_save_hidden_needs(monkeypatch):
@@ -132,6 +137,38 @@ def test_states_are_kept_only_for_runs_that_save_them(tmp_path):
     lm = tiny_lm()
     runner.evaluate("direct", data, str(tmp_path / "a.json"), lm=lm, save_hidden=True)
     assert lm.keep_hidden and not lm._hidden
-    assert np.load(hidden_path(str(tmp_path / "a.json"))).shape == (len(recs), 64)
+    assert np.load(hidden_path(str(tmp_path / "a.json"))).shape == (len(recs), 2, 64)
+    metrics = json.loads((tmp_path / "a.metrics.json").read_text())
+    assert metrics["hidden_layers"] == [1, 2] and metrics["fingerprint"]["hidden_layers"] == "last third, 6 layers"
     runner.evaluate("direct", data, str(tmp_path / "b.json"), lm=lm)
     assert not lm.keep_hidden and not lm._hidden
+
+
+def test_several_layers_saved_from_the_scoring_pass(tmp_path):
+    """--save_hidden on a 6-layer model: the float16 states of layers 4, 5, 6 at each record's
+    label-predicting token, from the very forward passes that score (as many as without saving)."""
+    from classification.run import runner
+    from test_runner import write_inputs
+
+    data, recs = write_inputs(tmp_path)
+    passes = {}
+    for name, save in (("plain", False), ("saved", True)):
+        lm = tiny_lm(n_layers=6)
+        count = []
+        lm.model.register_forward_hook(lambda *a: count.append(1))
+        runner.evaluate("direct", data, str(tmp_path / f"{name}.json"), lm=lm, save_hidden=save)
+        passes[name] = len(count)
+    assert passes["saved"] == passes["plain"] > 0
+    saved = np.load(hidden_path(str(tmp_path / "saved.json")))
+    assert lm.hidden_layers == (4, 5, 6) and saved.dtype == np.float16 and saved.shape == (len(recs), 3, 64)
+    # The same model (the test tokenizer numbers words as it meets them): the run took every kept
+    # state, so these are computed by forward passes of their own.
+    want = hidden.context_states(lm, methods.record_contexts(lm, recs))
+    np.testing.assert_allclose(saved.astype(np.float32), want, rtol=2e-3, atol=2e-3)
+    ids = lm.tokenizer.encode(methods.record_contexts(lm, recs[:1])[0], bos=True, eos=False)
+    for j, layer in enumerate((4, 5, 6)):  # each layer as one plain forward computes it
+        with torch.no_grad():
+            _, ref = lm.model(torch.tensor([ids]), layers=[layer], layers_at=torch.tensor([[len(ids) - 1]]))
+        np.testing.assert_allclose(want[0, j], ref[0, 0, 0].numpy(), atol=1e-4)
+    outputs = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("plain", "saved")]
+    assert [o["log_probs"] for o in outputs[0]] == [o["log_probs"] for o in outputs[1]]

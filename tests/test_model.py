@@ -167,3 +167,28 @@ def test_hidden_dim_rules():
     assert ModelArgs(dim=4096, multiple_of=1024, ffn_dim_multiplier=1.3).hidden_dim == 14336
     args = ModelArgs.from_params({"dim": 512, "n_layers": 2, "n_heads": 8, "unknown_key": 1})
     assert args.n_layers == 2 and args.kv_heads == 8
+
+
+def test_layer_states_match_hf_hidden_states(tmp_path):
+    """forward(layers=..., layers_at=...) against HF's output_hidden_states (0: embeddings, l: after
+    block l, n_layers: final-normed), at chosen positions, with and without logits_at."""
+    hf = make_hf_checkpoint(tmp_path, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    ours = load_model(str(tmp_path))
+    ids = tokens(20, 300)
+    at = torch.tensor([[19, 4], [7, 0]])
+    with torch.no_grad():
+        want = hf(ids, output_hidden_states=True).hidden_states  # 5 tensors (bsz, seqlen, dim)
+        logits, got = ours(ids, layers=[0, 1, 3, 4], layers_at=at)
+        _, got_sel = ours(ids, logits_at=at[:, :1], return_hidden=True, layers=[4, 2], layers_at=at)
+    assert got.shape == (2, 2, 4, 64) and got_sel.shape == (2, 2, 2, 64)
+    for j, layer in enumerate([0, 1, 3, 4]):
+        ref = torch.gather(want[layer], 1, at[..., None].expand(-1, -1, 64))
+        assert (got[:, :, j] - ref).abs().max().item() <= 1e-4
+    torch.testing.assert_close(got_sel[:, :, 0], got[:, :, 3])
+    torch.testing.assert_close(got_sel[:, :, 1], torch.gather(want[2], 1, at[..., None].expand(-1, -1, 64)),
+                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits, hf(ids).logits, atol=1e-4, rtol=0)  # the output is unchanged
+    with pytest.raises(ValueError, match="layer numbers in 0..4"):
+        ours(ids, layers=[5], layers_at=at)
+    with pytest.raises(ValueError, match="needs layers_at"):
+        ours(ids, layers=[1])

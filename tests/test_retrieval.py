@@ -240,3 +240,34 @@ def test_damaged_or_wrong_shaped_embeddings_cache_is_one_line(tmp_path, damage, 
                                 embed=FakeLM().text_embeddings, cache_path=cache)
     message = str(e.value)
     assert message.startswith(str(cache)) and cause in message and message.endswith("delete it to embed the texts again")
+
+
+@pytest.mark.parametrize("demos", ["bm25", "knn"])
+def test_demo_pool_on_an_imbalanced_dataset_takes_what_a_small_class_has(demos, capsys):
+    """A class with fewer training examples than its share of --demo_pool gives all it has (as
+    trec's abbreviation questions): one printed line and the records' meta say so."""
+    train, test = synthetic_splits(12, 2)
+    small = [ex for ex in train if ex.label == 0][:5]  # anchors take 2 of them: 3 left for the pool
+    train = [Example(ex.text, ex.label, i) for i, ex in enumerate(
+        [ex for ex in train if ex.label != 0] + small)]
+    p = get_preset("ag_news")
+    data = Dataset("ag_news", train, test, list(p.label_words), dict(p.templates), p.instruction)
+    embed = lambda texts: FakeLM().text_embeddings(texts)  # noqa: E731
+    records, anchors = retrieval.records_and_anchors(data, "direct", None, 1, 3, False, 0, None, demos,
+                                                     demo_pool=24, n_anchor=2, embed=embed)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "--demo_pool 24: class 'World' has 3 usable training examples for its share " \
+        "of 6, all in the pool (pool of 21)" in out
+    assert records[0]["meta"]["demo_pool_short"] == {"World": {"share": 6, "drawn": 3}}
+    anchor_ids = {a["index"] for a in anchors}
+    world = {ex.index for ex in train if ex.label == 0} - anchor_ids
+    used = {i for r in records for i in r["demo_indices"]}
+    assert world & used and used <= {ex.index for ex in train} - anchor_ids
+    pool, short = retrieval.retrieval_pool(train, 3, 4, 24, [ex for ex in train if ex.index in anchor_ids])
+    assert short == {0: (6, 3)} and len(pool) == 21 and sum(ex.label == 0 for ex in pool) == 3
+    # A balanced pool is drawn as before, and says nothing.
+    before = retrieval.retrieval_pool(train, 3, 4, 8)
+    assert before[1] == {} and len(before[0]) == 8
+    with pytest.raises(ClassificationError, match="--k 4 is larger than the smallest class of the retrieval pool"):
+        retrieval.records_and_anchors(data, "direct", None, 4, 3, False, 0, None, demos, demo_pool=24, n_anchor=2,
+                                      embed=embed)

@@ -310,3 +310,43 @@ def test_output_head_in_blocks_changes_nothing(monkeypatch):
     monkeypatch.setattr(scoring, "HEAD_BLOCK", 512 * 3)  # vocabulary 512: 3 positions per block
     blocked = _random_lm(torch.float32, "fast", device="cpu").loglikelihood(requests)
     assert max(abs(a - b) for a, b in zip(whole, blocked)) <= 1e-5
+
+
+def test_saved_layer_states_match_hf_transformers(smollm, default_gguf, tmp_path):
+    """The states --save_hidden keeps from the scoring pass (float16, layers 20..30 of 30) against HF's
+    output_hidden_states on the same token ids, at each context's last token."""
+    transformers = pytest.importorskip("transformers")
+    import numpy as np
+
+    from classification import methods, states
+    from classification.backend.hidden import context_states
+
+    model, tok = smollm
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        default_gguf.parent, gguf_file=default_gguf.name, dtype=torch.float32).eval()
+    lm = LlamaLM(model, tok, append_eos=True, scoring="fast")
+    assert lm.hidden_layers == (20, 22, 24, 26, 28, 30)
+    lm.keep_hidden = True
+    records = [{"prompt": DEMO + "Article: {text}\nCategory:", "completion": "{label_word}", "text": t,
+                "label_words": LABELS} for t in TEXTS]
+    methods.direct(lm, records, "eos")  # the scoring pass
+    contexts = methods.record_contexts(lm, records, "eos")
+    results = [{} for _ in contexts]
+    passes = []
+    hook = model.register_forward_hook(lambda *a: passes.append(1))
+    states.attach_hidden(lm, records, results)
+    hook.remove()
+    assert not passes  # every state came from the scoring pass
+    path = str(tmp_path / "h.npy")
+    states.save_hidden(path, results)
+    saved = np.load(path)
+    assert saved.dtype == np.float16 and saved.shape == (len(contexts), 6, 576)
+    for row, ctx in zip(saved, contexts):
+        ids = torch.tensor([tok.encode(ctx, bos=bool(getattr(tok, "add_bos", True)), eos=False)])
+        with torch.no_grad():
+            want = hf(ids, output_hidden_states=True).hidden_states
+        for j, layer in enumerate(lm.hidden_layers):
+            ref = want[layer][0, -1].numpy()
+            # float16 rounding (2^-11 relative) of states whose entries reach the hundreds, plus fp32 noise
+            np.testing.assert_allclose(row[j].astype(np.float32), ref, rtol=1e-3, atol=2e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(saved[:, -1].astype(np.float32), context_states(lm, contexts)[:, -1], atol=2e-2)

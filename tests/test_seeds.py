@@ -94,6 +94,27 @@ def test_seeds_per_seed_files_and_mean_std(tmp_path, spec, capsys):
     assert "Up to date" in capsys.readouterr().out
 
 
+def test_seeds_with_anchor_calibrations(tmp_path, spec):
+    """Anchor calibrations in --methods: each seed's inputs get anchors (the test records unchanged),
+    the direct run saves its hidden states, the anchors are scored once per seed."""
+    write_split(Path(spec).parent / "tr.csv", 12, "train")  # enough per class for 8 anchors
+    out = tmp_path / "runs"
+    lm = FakeLM()
+    plain = run_seeds(spec, methods=["direct"], seeds=[1], n_sample=12, out_dir=str(tmp_path / "plain"), lm=lm)
+    summary = run_seeds(spec, methods=["direct", "lda", "lda_auto"], seeds=[1, 2], n_sample=12, out_dir=str(out),
+                        lm=lm, n_anchor=8)
+    assert list(summary["methods"]) == ["direct", "direct+lda", "direct+lda_auto"]
+    names = {p.name for p in (out / "seed1").iterdir()}
+    assert {"inputs_direct.anchors.json", "outputs_direct.hidden.npy", "outputs_direct.anchors.hidden.npy",
+            "outputs_lda_auto.metrics.json"} <= names
+    anchors = json.loads((out / "seed1" / "inputs_direct.anchors.json").read_text())
+    assert len(anchors) == 32 and all(a["meta"]["anchor"] for a in anchors)
+    assert (out / "seed1" / "inputs_direct.json").read_text() == (tmp_path / "plain" / "seed1" / "inputs_direct.json").read_text()
+    metrics = json.loads((out / "seed2" / "outputs_lda_auto.metrics.json").read_text())
+    assert metrics["n_anchor"] == 8 and set(metrics["features"]) >= {"layers", "scaling", "shrinkage", "cv_accuracy"}
+    assert plain["methods"]["direct"]["per_seed"][0]["accuracy"] == summary["methods"]["direct"]["per_seed"][0]["accuracy"]
+
+
 def test_mean_std_by_hand():
     assert mean_std([0.5, 0.7, 0.9]) == {"mean": pytest.approx(0.7), "std": pytest.approx(0.2)}
     assert mean_std([0.4]) == {"mean": 0.4, "std": 0.0}

@@ -184,9 +184,10 @@ class LlamaLM:
         self._shared: Optional[List[int]] = None  # set_shared_prefix's tokens
         self._prefix: Optional[Tuple[Tuple[int, ...], KVCache]] = None
         self.tokens_processed = 0  # tokens fed through the model (benchmarks report it)
-        # keep_hidden: while scoring, keep each context's final-normed hidden state at its last
-        # token (the position that scores the label), for take_hidden; {context ids: (dim,)}.
+        # keep_hidden: while scoring, keep each context's hidden states of ``hidden_layers`` at its
+        # last token (the position that scores the label), for take_hidden; {context ids: (layers, dim)}.
         self.keep_hidden = False
+        self.hidden_layers: Tuple[int, ...] = hidden_states.saved_layers(model.params.n_layers)
         self._hidden: Dict[Tuple[int, ...], np.ndarray] = {}
         # The process layout the model was loaded for (llama.runtime.Runtime; None: one process).
         self.runtime = runtime
@@ -378,13 +379,14 @@ class LlamaLM:
         """Launch a batch: (request numbers, their log-prob sums on the device, not yet read back)."""
         arrays = _batch_arrays(rows, plen, self.tokenizer.eos_id)
         dev, put = self.device, self._put
+        layers = dict(layers=self.hidden_layers, layers_at=put(np.array([[r.n_ctx - 1] for r in rows]))) \
+            if self.keep_hidden else {}  # a row's context ends at n_ctx - 1: its label-predicting position
         h = self.model(put(arrays.tokens), 0, None, positions=put(arrays.positions),
                        mask=put(arrays.mask)[:, None], logits_at=put(arrays.logits_at),
-                       prefix=prefix, return_hidden=True)  # (bsz, n_sel, dim): norm(h) at scored positions
+                       prefix=prefix, return_hidden=True, **layers)  # (bsz, n_sel, dim): norm(h) at scored positions
         if self.keep_hidden:
-            # A row's first scored entry is predicted at its context's last token.
-            first = np.cumsum([0] + [len(r.at) for r in rows[:-1]])
-            states = h[torch.arange(len(rows), device=dev), put(arrays.at_slot[first])].float().cpu().numpy()
+            h, kept = h
+            states = kept[:, 0].float().cpu().numpy()  # (bsz, layers, dim)
             for row, state in zip(rows, states):
                 self._hidden.setdefault(row.context, state)
         self.tokens_processed += int(sum(len(r.tokens) for r in rows))
@@ -424,8 +426,9 @@ class LlamaLM:
         return logp
 
     def take_hidden(self, contexts: Sequence[Sequence[int]]) -> List[Optional[np.ndarray]]:
-        """The states kept (``keep_hidden``) for these contexts' token ids while they were scored,
-        None for any not scored since the last call; every kept state is then dropped."""
+        """The states kept (``keep_hidden``; (layers, dim) each, ``hidden_layers``) for these
+        contexts' token ids while they were scored, None for any not scored since the last call;
+        every kept state is then dropped."""
         got = [self._hidden.get(tuple(c)) for c in contexts]
         self._hidden.clear()
         return got
@@ -434,6 +437,9 @@ class LlamaLM:
 
     def context_hidden(self, contexts: Sequence[str]) -> np.ndarray:
         return hidden_states.context_hidden(self, contexts)
+
+    def context_states(self, contexts: Sequence[str]) -> np.ndarray:
+        return hidden_states.context_states(self, contexts)
 
     def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         return hidden_states.text_embeddings(self, texts)

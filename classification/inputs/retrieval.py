@@ -17,6 +17,9 @@ Ties go to the earlier training example.  A training example whose text equals t
 never its demonstration (duplicates across splits would leak the label; an anchor never sees
 itself).  ``demo_pool`` bounds the training pool to a stratified sample of that many examples
 drawn with the demonstration seed; with the whole pool, retrieval does not depend on the seed.
+A class with fewer training examples than its share of the pool (imbalanced datasets: trec's
+abbreviation questions) gives all it has: one printed line and ``demo_pool_short`` in the
+records' ``meta`` say so (:func:`retrieval_pool`).
 
 Anchors (``--n_anchor m``): m training examples per class, drawn with the seed, written as their
 own records with the test set's prompt (``<data_path stem>.anchors.json``) for the hidden and kNN
@@ -228,6 +231,31 @@ def sentence_transformer(path: str) -> Callable[[List[str]], np.ndarray]:
     return lambda texts: model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
 
 
+def retrieval_pool(
+    train: Sequence[Example], seed: int, n_classes: int, demo_pool: Optional[int] = None,
+    exclude: Sequence[Example] = (),
+) -> Tuple[List[Example], Dict[int, Tuple[int, int]]]:
+    """(the training examples retrieval draws from, the classes short of their share).
+
+    Never ``exclude`` (the anchors) nor a text with a placeholder.  ``demo_pool``: a stratified
+    sample of that many, drawn with ``seed``, each class its share (``demo_pool // C``, one more
+    for the first ``demo_pool % C``); a class with fewer usable examples than its share gives all
+    it has (the pool is then smaller), and is listed as {label: (share, drawn)}.
+    """
+    gone = {ex.index for ex in exclude}
+    pool = [ex for ex in train if ex.index not in gone and not has_placeholder(ex.text)]
+    if demo_pool is None:
+        return pool, {}
+    groups = by_class(pool, n_classes)
+    shares = [demo_pool // n_classes + (1 if c < demo_pool % n_classes else 0) for c in range(n_classes)]
+    short = {c: (shares[c], len(groups[c])) for c in range(n_classes) if len(groups[c]) < shares[c]}
+    if not short:
+        return stratified(pool, demo_pool, random.Random(seed), n_classes, f"--demo_pool {demo_pool}"), {}
+    rng = random.Random(seed)  # as stratified: class by class, in split order
+    drawn = [ex for c, group in enumerate(groups) for ex in rng.sample(group, min(shares[c], len(group)))]
+    return sorted(drawn, key=lambda ex: ex.index), short
+
+
 def make_selector(
     demos: str, train: Sequence[Example], k: int, seed: int, n_classes: int,
     demo_pool: Optional[int] = None, exclude: Sequence[Example] = (),
@@ -238,10 +266,7 @@ def make_selector(
     ``exclude``: examples never used as demonstrations (the anchors).  ``embed`` computes text
     embeddings for knn (cached in ``cache_path`` when given).
     """
-    gone = {ex.index for ex in exclude}
-    pool = [ex for ex in train if ex.index not in gone and not has_placeholder(ex.text)]
-    if demo_pool is not None:
-        pool = stratified(pool, demo_pool, random.Random(seed), n_classes, f"--demo_pool {demo_pool}")
+    pool = retrieval_pool(train, seed, n_classes, demo_pool, exclude)[0]
     smallest = min(len(g) for g in by_class(pool, n_classes))
     if k > smallest:
         raise ClassificationError(
@@ -322,17 +347,24 @@ def records_and_anchors(
     chosen_template = template if template is not None else dataset.templates[method]
     instruction = dataset.instruction if template is None else ""
     anchors = draw_anchors(dataset.train, n_anchor, seed, n_classes) if n_anchor else []
-    selector = make_selector(demos, dataset.train, k, seed, n_classes, demo_pool, anchors, embed, cache_path)
+    pool, short = retrieval_pool(dataset.train, seed, n_classes, demo_pool, anchors)
+    words = dataset.label_words
+    if short:  # an imbalanced dataset: the small classes give what they have
+        print(f"--demo_pool {demo_pool}: " + "; ".join(
+            f"class {words[c]!r} has {got} usable training examples for its share of {share}, all in the pool"
+            for c, (share, got) in short.items()) + f" (pool of {len(pool)})")
+    selector = make_selector(demos, pool, k, seed, n_classes, None, (), embed, cache_path)
     test_by_index = {ex.index: ex for ex in dataset.test}
     queries = [test_by_index[rec["index"]] for rec in base]
     chosen = selector(queries + anchors)
-    words = dataset.label_words
 
     def prompt_of(demo_list: List[Example]) -> str:
         pairs = [(ex.text, words[ex.label]) for ex in demo_list]
         return build_prompt_from_template(chosen_template, method, pairs, instruction)[0]
 
     meta = dict(base[0]["meta"], k=k, demos=demos, demo_pool=demo_pool)
+    if short:
+        meta["demo_pool_short"] = {words[c]: {"share": share, "drawn": got} for c, (share, got) in short.items()}
     records = [
         dict(rec, prompt=prompt_of(d), demo_indices=[ex.index for ex in d], meta=meta)
         for rec, d in zip(base, chosen)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from classification import methods
+from classification.backend.hidden import SAVED_LAYERS_RULE
 from classification.backend.loader import load_lm, precision_used
 from classification.backend.scoring import SCORING_MODES as SCORINGS
 from classification.calibrations import Calibration, CalibrationOptions, calibration_class
@@ -318,6 +319,7 @@ def _settings(method: str, flags: RunFlags, needs_model: bool, lm: Any, runtime:
         settings["completion_end"] = flags.completion_end
     if flags.save_hidden:
         settings["save_hidden"] = True
+        settings["hidden_layers"] = SAVED_LAYERS_RULE  # which states the file holds
     return settings
 
 
@@ -385,6 +387,8 @@ def write_run(
     if flags.save_hidden:
         save_hidden(hidden_path(output_path), [results[p] for p in range(len(plan.records))])
         run["hidden_path"] = hidden_path(output_path)
+        if "hidden_layers" in results[0]:
+            run["hidden_layers"] = results[0]["hidden_layers"]
     metrics = compute_metrics(plan.records, outputs, plan.method, run)
     if flags.save_hidden:  # which states are this run's (a later run's or a killed run's are not)
         metrics["hidden_sha256"] = file_sha256(hidden_path(output_path))

@@ -6,10 +6,16 @@ due to the choice and order of the demonstrations.  Layout under ``out_dir``
 (default ``outputs/<dataset>/k<k>``)::
 
     seed<s>/inputs_direct.json, seed<s>/inputs_channel.json
-    seed<s>/outputs_<method>.json + .metrics.json   (method: direct, na, cbu, dcpmi, batch, channel, generate)
+    seed<s>/inputs_direct.anchors.json              (with an anchor calibration: n_anchor per class)
+    seed<s>/outputs_<method>.json + .metrics.json   (method: direct, na, cbu, dcpmi, batch, channel, generate, ...)
+    seed<s>/outputs_direct.hidden.npy, outputs_direct.anchors.*   (with an anchor calibration)
     summary.json, summary.md                         (each seed, mean and sample std (n - 1) over seeds)
 
-The calibrations (na, cbu, dcpmi, batch) re-score each seed's direct outputs post hoc.  A run
+The calibrations (na, cbu, dcpmi, batch) re-score each seed's direct outputs post hoc.  With an
+anchor calibration in ``methods`` (hidden, lda, knn, hidden_auto, lda_auto) each seed's inputs
+also get ``n_anchor`` labeled anchors per class (drawn with that seed, never demonstrations;
+the test records are the same), the direct run saves its hidden states, and the first anchor
+calibration of a seed scores the anchors once.  A run
 whose outputs already exist with the same fingerprint is not scored again, so an interrupted
 command picks up where it stopped (and a half-finished run resumes from its partial file).
 """
@@ -27,10 +33,11 @@ from classification.errors import ClassificationError, check_int, writing
 from classification.fileio import write_json_atomic
 from classification.inputs.datasets import Dataset, load_dataset, random_demo_records
 from classification.inputs.presets import PRESETS
+from classification.inputs.retrieval import records_and_anchors
 from classification.metrics import fmt_mean_std, mean_std
 from classification.provenance import MODEL_KEYS
 from classification.paths import (
-    DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, seed_inputs_path, seed_outputs_path, seeds_dir, summary_paths,
+    DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH, anchors_path, seed_inputs_path, seed_outputs_path, seeds_dir, summary_paths,
 )
 from classification.records import read_json
 from classification.report.table import method_label
@@ -39,8 +46,9 @@ from classification.templates import parse_template, unescape_cli
 
 ALL_METHODS = ("direct",) + tuple(CALIBRATIONS) + ("channel", "generate")
 # The default --methods: every method but the variants kept for comparison and the calibrations
-# on anchors (they need hidden states and anchor records that the seeds command does not write).
+# on anchors (they score the anchors too: add them to --methods).
 SEED_METHODS = tuple(m for m in ALL_METHODS if m not in ("batch_logmean",) + anchors.NAMES)
+DEFAULT_N_ANCHOR = 32
 SPEC_KEYS = ("preset", "data_dir", "train", "test", "hub", "text_column", "label_column", "label_words",
              "test_size", "split_seed", "name", "templates", "instruction")
 SUMMARY_METRICS = ("accuracy", "macro_f1", "ece")
@@ -157,9 +165,12 @@ def run_seeds(
     max_gen_len: int = 10,
     lm: Optional[Any] = None,
     runtime: Optional[Any] = None,
+    n_anchor: int = DEFAULT_N_ANCHOR,
     **model: Any,
 ) -> Dict[str, Any]:
     """Run ``methods`` for every seed, write per-seed files and ``summary.json``/``summary.md``.
+
+    ``n_anchor``: anchors per class for the anchor calibrations (written only when one is in ``methods``).
 
     ``model``: ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, model_parallel_size, quantize
     (as for :func:`classification.run.runner.evaluate`); ``lm``/``runtime``: an already built model.
@@ -173,7 +184,10 @@ def run_seeds(
     root = Path(out_dir) if out_dir else seeds_dir(data.name, k)
     needed = {"direct"} if any(m in chosen for m in ("direct", "generate") + tuple(CALIBRATIONS)) else set()
     needed |= {"channel"} if "channel" in chosen else set()
-    inputs = write_inputs(data, root, sorted(needed), seed_list, k, n_sample, sample_seed)
+    anchored = any(m in anchors.NAMES for m in chosen)
+    if anchored:
+        check_int("--n_anchor", n_anchor, 1)
+    inputs = write_inputs(data, root, sorted(needed), seed_list, k, n_sample, sample_seed, n_anchor if anchored else 0)
     if lm is None:
         lm = load_lm(
             model.get("ckpt_dir", DEFAULT_CKPT_DIR), model.get("tokenizer_path", DEFAULT_TOKENIZER_PATH),
@@ -187,6 +201,8 @@ def run_seeds(
     for method in chosen:  # method-major: every seed's cheap runs come before the slow ones
         for seed in seed_list:
             args: Dict[str, Any] = dict(model, lm=lm, runtime=runtime, reuse=True)
+            if method == "direct" and anchored:
+                args["save_hidden"] = True  # what the anchor calibrations read
             metrics = run_method(method, root, seed, inputs[seed], max_gen_len, args)
             if metrics is not None:
                 runs.setdefault(method_label(metrics), []).append(metrics)
@@ -204,16 +220,23 @@ def run_seeds(
 
 def write_inputs(
     data: Dataset, root: Path, methods: Sequence[str], seed_list: Sequence[int], k: int, n_sample: int,
-    sample_seed: int,
+    sample_seed: int, n_anchor: int = 0,
 ) -> Dict[int, Dict[str, str]]:
-    """{seed: {method: input file}}: every seed's inputs first, so a bad k or sample fails before any scoring."""
+    """{seed: {method: input file}}: every seed's inputs first, so a bad k or sample fails before any
+    scoring; ``n_anchor``: the direct inputs' anchors per class too (``<inputs stem>.anchors.json``)."""
     inputs: Dict[int, Dict[str, str]] = {}
     for seed in seed_list:
         inputs[seed] = {}
         for method in methods:
-            records = random_demo_records(data, method, k=k, seed=seed, sample=n_sample > 0, n_sample=n_sample,
-                                          sample_seed=sample_seed)
             path = seed_inputs_path(root, seed, method)
+            if method == "direct" and n_anchor:
+                # The same test records as without anchors (random demonstrations are drawn first).
+                records, anchor_records = records_and_anchors(data, method, None, k, seed, n_sample > 0, n_sample,
+                                                              sample_seed, n_anchor=n_anchor)
+                write_json_atomic(anchors_path(str(path)), anchor_records, indent=2)
+            else:
+                records = random_demo_records(data, method, k=k, seed=seed, sample=n_sample > 0, n_sample=n_sample,
+                                              sample_seed=sample_seed)
             write_json_atomic(str(path), records, indent=2)
             inputs[seed][method] = str(path)
     return inputs

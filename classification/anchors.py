@@ -344,7 +344,7 @@ class AnchorCalibration:
         self.test_states = load_hidden(self.test_hidden_path, len(records), f"--direct_output_path {direct_output_path}",
                                        rerun)
         # hidden, lda, knn: the final-normed state (the last saved layer); *_auto: every saved layer.
-        self.test_layers = saved_layers(direct_output_path, self.test_states)
+        self.test_layers = saved_layers(direct_output_path, direct_metrics, self.test_states)
         self.test_hidden = self.test_states[:, -1] if self.test_states.ndim == 3 else self.test_states
         self.anchor_inputs = anchors_path(direct_input_path)
         if not Path(self.anchor_inputs).is_file():
@@ -409,7 +409,7 @@ class AnchorCalibration:
                 "to score the anchors again with this model"
             )
         if self.name in AUTO_KINDS:
-            self._prepare_auto(all_states, anchor_hidden)
+            self._prepare_auto(all_states, anchor_hidden, metrics)
         elif self.name in ("hidden", "lda"):
             model = NearestCentroid() if self.name == "hidden" else ShrinkageLDA()
             self.fitted = model.fit(states, self.labels, self.n_classes)
@@ -421,9 +421,9 @@ class AnchorCalibration:
                      for i in range(0, len(self.test_hidden), 256)]
             self.log_probs = _log_softmax(np.concatenate(parts))
 
-    def _prepare_auto(self, anchor_states: np.ndarray, anchor_hidden: str) -> None:
+    def _prepare_auto(self, anchor_states: np.ndarray, anchor_hidden: str, metrics: Dict[str, Any]) -> None:
         """hidden_auto, lda_auto: layers, scaling (and shrinkage) chosen on the anchors' saved layers."""
-        anchor_layers = saved_layers(self.anchor_outputs, anchor_states)
+        anchor_layers = saved_layers(self.anchor_outputs, metrics, anchor_states)
         if anchor_layers != self.test_layers:
             raise ClassificationError(
                 f"{anchor_hidden} holds the states of layers {anchor_layers or 'final'} but {self.test_hidden_path} of "

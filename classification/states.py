@@ -22,7 +22,6 @@ import numpy as np
 from classification.errors import ClassificationError, writing
 from classification.methods import record_contexts
 from classification.paths import hidden_path, metrics_path, staging_path
-from classification.records import read_json
 
 
 def attach_hidden(
@@ -73,18 +72,18 @@ def load_hidden(path: str, n: int, what: str, hint: str) -> np.ndarray:
     return states.astype(np.float32)
 
 
-def saved_layers(output_path: str, states: np.ndarray) -> Optional[List[int]]:
-    """The layer numbers of the states ``output_path``'s run saved (``states``, as loaded): None for
-    an (n, dim) file (the final-normed state alone); for (n, layers, dim), ``hidden_layers`` of
-    its metrics (one-line error when they do not name one layer per saved state)."""
+def saved_layers(output_path: str, metrics: Dict[str, Any], states: np.ndarray) -> Optional[List[int]]:
+    """The layer numbers of the states ``output_path``'s run saved (``states``, as loaded; ``metrics``:
+    that run's, as read by the caller): None for an (n, dim) file (the final-normed state alone);
+    for (n, layers, dim), their ``hidden_layers`` (one-line error when they do not name one layer
+    per saved state)."""
     if states.ndim == 2:
         return None
-    path = metrics_path(output_path)
-    metrics = read_json(path, "metrics", "the metrics of") if Path(path).is_file() else {}
-    layers = metrics.get("hidden_layers") if isinstance(metrics, dict) else None
+    layers = metrics.get("hidden_layers")
     if not isinstance(layers, list) or len(layers) != states.shape[1] or not all(isinstance(i, int) for i in layers):
         raise ClassificationError(
-            f"{path} does not name the {states.shape[1]} layers of the states in {hidden_path(output_path)} "
-            f"(hidden_layers: {layers!r}); rerun the direct run of {output_path} with --save_hidden"
+            f"{metrics_path(output_path)} does not name the {states.shape[1]} layers of the states in "
+            f"{hidden_path(output_path)} (hidden_layers: {layers!r}); rerun the direct run of {output_path} with "
+            "--save_hidden"
         )
     return layers

@@ -3,7 +3,7 @@
     python benchmarks/bench_quantize.py --n_examples 64
     python benchmarks/bench_quantize.py --device cuda --variants fp16,int8 --n_examples 7600
 
-Per method and variant it prints examples/s, the speed-up against the first variant (wall time,
+Per method and variant it prints examples/s, tokens/s (tokens through the model), the speed-up against the first variant (wall time,
 and process CPU time, which other processes on a shared machine disturb less), the
 largest and the mean log-prob difference and the share of identical predictions against it, and the bytes of
 weights; then the planned weight bytes of a 7B-shaped model.  Every variant scores with the fast
@@ -31,7 +31,8 @@ from classification.inputs.ag_news import build_records, load_ag_news
 from classification.paths import DEFAULT_CKPT_DIR, DEFAULT_TOKENIZER_PATH
 from llama.model import ModelArgs, Transformer
 from llama.quantize import (
-    DEFAULT_THRESHOLD, calibration_tokens, cpu_int8_features, detect_int8_kernel, planned_weight_bytes, quantize_model,
+    DEFAULT_THRESHOLD, calibration_tokens, cpu_int8_features, detect_int8_kernel, int8_engine, planned_weight_bytes,
+    quantize_model,
     weight_bytes,
 )
 from llama.runtime import DTYPES
@@ -120,11 +121,12 @@ def main(
     n = len(records["direct"])
     wanted = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
     print(f"model: {ckpt_dir} | device: {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}, "
-          f"{torch.get_num_threads()} threads, quantized engine {torch.backends.quantized.engine}, "
+          f"{torch.get_num_threads()} threads, int8 engine {int8_engine()}, "
           f"int8 kernel {detect_int8_kernel() if dev.type == 'cpu' else 'bitsandbytes'}, CPU {cpu_int8_features()}) | "
           f"examples: {n} | k: {k} | best of {repeats}")
-    print("| method | weights | ex/s | speed-up | CPU-time speed-up | max abs Δ log-prob | mean abs Δ | same predictions | weight bytes |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| method | weights | ex/s | tokens/s | speed-up | CPU-time speed-up | max abs Δ log-prob | mean abs Δ | "
+          "same predictions | weight bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for method in wanted:
         runs: Dict[str, Dict[str, object]] = {}
         for _ in range(max(1, repeats)):  # variants interleaved: load drifts hit all of them alike
@@ -140,7 +142,8 @@ def main(
             res: List[dict] = run["results"]  # type: ignore[assignment]
             deltas = [abs(a - b) for ra, rb in zip(ref["results"], res) for a, b in zip(ra["log_probs"], rb["log_probs"])]
             same = sum(ra["prediction"] == rb["prediction"] for ra, rb in zip(ref["results"], res)) / n
-            print(f"| {method} | {name} | {n / run['seconds']:.2f} | {ref['seconds'] / run['seconds']:.2f}x | "
+            print(f"| {method} | {name} | {n / run['seconds']:.2f} | {run['tokens'] / run['seconds']:.0f} | "
+                  f"{ref['seconds'] / run['seconds']:.2f}x | "
                   f"{ref['cpu'] / run['cpu']:.2f}x | "
                   f"{max(deltas):.3g} | {sum(deltas) / len(deltas):.3g} | {same:.1%} | {weight_bytes(models[name]):,} |")
             sys.stdout.flush()

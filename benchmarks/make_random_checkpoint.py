@@ -2,6 +2,8 @@
 
     python benchmarks/make_random_checkpoint.py benchmarks/llama-7b-params.json checkpoints/random-7b \
         --vocab_size 49152 --dtype bf16
+    python benchmarks/make_random_checkpoint.py benchmarks/llama-7b-params.json checkpoints/random-7b-4l \
+        --dtype fp32 --n_layers 4
 
 Weights are normal(0, 0.02) (norms 1), written through file-backed tensors so a 7B-shaped model
 (~14 GB in bf16) can be made on a machine with less free memory than that.  Used to measure
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import fire
 import torch
@@ -22,7 +25,8 @@ from llama.model import ModelArgs, Transformer
 from llama.runtime import resolve_dtype
 
 
-def main(params_path: str, out_dir: str, vocab_size: int = 49152, dtype: str = "bf16", seed: int = 0) -> None:
+def main(params_path: str, out_dir: str, vocab_size: int = 49152, dtype: str = "bf16", seed: int = 0,
+         n_layers: Optional[int] = None) -> None:
     """Write OUT_DIR/params.json and OUT_DIR/consolidated.00.pth.
 
     Args:
@@ -31,8 +35,12 @@ def main(params_path: str, out_dir: str, vocab_size: int = 49152, dtype: str = "
         vocab_size: vocabulary rows when params.json leaves it at -1 (49152 = the default tokenizer's).
         dtype: fp32, fp16 or bf16.
         seed: random seed.
+        n_layers: keep only this many blocks (default: params.json's): layers of the full width at
+            a fraction of the memory, e.g. 7B-shaped blocks in fp32 on a 24 GB machine.
     """
     params = json.loads(Path(params_path).read_text())
+    if n_layers is not None:
+        params["n_layers"] = n_layers
     if params.get("vocab_size", -1) <= 0:
         params["vocab_size"] = vocab_size
     args = ModelArgs.from_params(params)

@@ -25,6 +25,7 @@ quantized on its own, and the replacement still does fairscale's gather (column,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from typing import Callable, Dict, Iterator, Optional, Tuple
@@ -68,6 +69,11 @@ def _kept_bytes(keep: Optional[Tensor], w_keep: Optional[Tensor]) -> int:
     return 0 if keep is None else w_keep.numel() * w_keep.element_size() + keep.numel() * keep.element_size()
 
 
+# Above this many outlier columns in one call, unpacking the int8 matrix is cheaper than reading
+# the columns through the kernel (measured at 4096 x 11008: one-hot rows cost like as many tokens).
+ONE_HOT_COLUMNS = 512
+
+
 class Int8Linear(nn.Module):
     """CPU ``y = x W^T`` with W held as packed int8 (one fp scale per output row).
 
@@ -81,10 +87,12 @@ class Int8Linear(nn.Module):
     kernel: how the int8 activations reach the kernel (:data:`INT8_KERNELS`): ``"vnni"`` in one
         product, ``"avx2"`` as two halves whose products fit the int16 sums of CPUs without VNNI.
         Both give the same sums; ``None`` picks what this CPU needs (:func:`detect_int8_kernel`).
+    engine: torch's quantized engine that packs and runs the weight (``fbgemm``, ``onednn``,
+        ``x86``); ``None``: :func:`int8_engine`.
     """
 
     def __init__(self, weight: Tensor, threshold: float | None = DEFAULT_THRESHOLD, keep: Optional[Tensor] = None,
-                 kernel: Optional[str] = None):
+                 kernel: Optional[str] = None, engine: Optional[str] = None):
         super().__init__()
         w = weight.detach().to("cpu", torch.float32)
         self.out_features, self.in_features = w.shape
@@ -92,11 +100,13 @@ class Int8Linear(nn.Module):
             raise QuantizeError("int8 layers need at least 2 input features")
         self.threshold = threshold or None
         self.kernel = check_kernel(kernel) if kernel is not None else detect_int8_kernel()
+        self.engine = engine or int8_engine()
         q, self.scale, self.keep, self.w_keep = _rowwise_int8(w, keep)
         # Packed with unit scales: the kernel returns its int32 sums as floats (exact below 2^24),
-        # so both kernel paths round them identically; the row scales are applied after.
-        with warnings.catch_warnings():  # quantized tensors are flagged deprecated; the kernels are not
-            warnings.simplefilter("ignore")
+        # so both kernel paths round them identically; the row scales are applied after.  The
+        # packed weight belongs to the engine it was packed under, which later calls follow.
+        with warnings.catch_warnings(), quantized_engine(self.engine):
+            warnings.simplefilter("ignore")  # quantized tensors are flagged deprecated; the kernels are not
             qw = torch._make_per_tensor_quantized_tensor(q, 1.0, 0)
             self._packed = torch.ops.quantized.linear_prepack(qw, None)
 
@@ -104,6 +114,17 @@ class Int8Linear(nn.Module):
         """(int8 weight (out, in), fp32 scale (out,)) as the layer multiplies them."""
         qw, _ = torch.ops.quantized.linear_unpack(self._packed)
         return qw.int_repr(), self.scale
+
+    def _weight_columns(self, cols: Tensor) -> Tensor:
+        """(n, out) fp32: the int8 weight's columns ``cols``, transposed.  Up to ONE_HOT_COLUMNS
+        of them are read through the kernel with one-hot rows (exact: single products of 1 and an
+        int8 value), as unpacking the whole matrix costs more than the int8 product at 7B shapes."""
+        if len(cols) > ONE_HOT_COLUMNS:
+            q, _ = self.int8_weight()
+            return q[:, cols].t().float()
+        one_hot = torch.zeros(len(cols), self.in_features)  # (n, in)
+        one_hot[torch.arange(len(cols)), cols] = 1.0
+        return _int8_product(one_hot, torch.ones(len(cols), 1), None, None, None, self._packed, self.kernel)
 
     def weight_bytes(self) -> int:
         return self.out_features * self.in_features + 4 * self.out_features + _kept_bytes(self.keep, self.w_keep)
@@ -130,17 +151,15 @@ class Int8Linear(nn.Module):
         y = _int8_product(x2, step, self.keep, hot, mask, self._packed, self.kernel).mul_(self.scale)  # (tokens, out)
         if hot is not None:
             cols = mask.any(0).nonzero().flatten()  # (n_outliers,)
-            q, scale = self.int8_weight()
-            w_out = q[:, cols].float() * scale[:, None]  # (out, n_outliers)
             x_out = x2[hot][:, cols] * mask[:, cols]  # (hot tokens, n_outliers), the outlier values only
-            y.index_add_(0, hot, x_out @ w_out.t())
+            y.index_add_(0, hot, x_out @ self._weight_columns(cols).mul_(self.scale))
         if self.keep is not None:
             y.addmm_(x2[:, self.keep], self.w_keep.t())
         return y.unflatten(0, x.shape[:-1]).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold}, "
-                f"kernel={self.kernel}")
+                f"kernel={self.kernel}, engine={self.engine}")
 
 
 # CPU int8 kernel paths.  fbgemm and oneDNN multiply u8 activations by s8 weights.  With AVX-512
@@ -156,6 +175,28 @@ INT8_KERNELS = ("vnni", "avx2")
 # u8 = value + zero point needs the kernel's dynamic quantizer to pick scale 1 and that zero point:
 # it maps [min(x, 0), max(x, 0)] onto [0, 255], so one extra row holding these two values fixes it.
 _RANGE = {"vnni": (-128.0, 127.0), "avx2": (-64.0, 191.0)}
+
+
+@functools.lru_cache(maxsize=None)
+def int8_engine() -> str:
+    """The quantized engine that packs int8 layers here: oneDNN on CPUs with AMX int8 (it runs
+    the product on AMX tiles: 2-2.5x fbgemm's speed at 7B shapes, docs/precision.md), else
+    torch's default.  Both give the same exact int32 sums (tests compare them)."""
+    caps = getattr(torch.cpu, "get_capabilities", dict)()
+    if caps.get("amx_int8") and "onednn" in torch.backends.quantized.supported_engines:
+        return "onednn"
+    return torch.backends.quantized.engine
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str) -> Iterator[None]:
+    """torch's global quantized engine set to ``engine`` for the block, then restored."""
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = old
 
 
 def check_kernel(kernel: str) -> str:

@@ -96,6 +96,27 @@ def test_kernel_paths_give_the_exact_int8_sums(kernel):
     np.testing.assert_allclose(layer(x).double().numpy(), ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("kernel", INT8_KERNELS)
+def test_engines_give_the_same_layer_and_weight_columns(kernel, monkeypatch):
+    """fbgemm and oneDNN (picked where the CPU has AMX) give the same layer output, outliers and
+    kept columns included; the weight columns read through the kernel equal the unpacked ones."""
+    if not kernel_is_exact(kernel):
+        pytest.skip(f"this CPU's int8 kernel saturates the {kernel} path's int16 pair sums (no AVX-512 VNNI)")
+    torch.manual_seed(5)
+    w = torch.randn(70, 200)
+    x = torch.randn(21, 200)
+    x[3, 7], x[5, 100], x[5, 7] = 50.0, -20.0, 9.0  # runtime outliers in two tokens
+    ys = []
+    monkeypatch.setattr(quantize_lib, "ONE_HOT_COLUMNS", 150)
+    for engine in ("fbgemm", "onednn"):
+        layer = Int8Linear(w, 6.0, keep=torch.tensor([1, 2]), kernel=kernel, engine=engine)
+        ys.append(layer(x))
+        q, _ = layer.int8_weight()
+        for cols in (torch.tensor([7, 100, 3]), torch.arange(200).flip(0)):  # one-hot rows, and unpacked
+            torch.testing.assert_close(layer._weight_columns(cols), q[:, cols].t().float(), rtol=0, atol=0)
+    torch.testing.assert_close(ys[0], ys[1], rtol=0, atol=0)
+
+
 AVX2_ENV = {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 AVX2_PROBE = """
 import json, torch

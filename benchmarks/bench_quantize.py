@@ -54,7 +54,8 @@ def variant_model(base: Transformer, name: str, device: torch.device, threshold:
         model = copy.deepcopy(base).to(dt)
         kernel = name[len("int8-"):] if name in ("int8-vnni", "int8-avx2") else None
         return quantize_model(model, "int8", device, threshold=0.0 if name == "int8-nothr" else threshold,
-                              calibration=None if name == "int8-nocal" else calibration, int8_kernel=kernel)
+                              calibration=None if name in ("int8-nocal", "int8-nothr") else calibration,
+                              int8_kernel=kernel)
     return copy.deepcopy(base).to(DTYPES[name])
 
 

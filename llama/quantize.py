@@ -135,13 +135,16 @@ class Int8Linear(nn.Module):
         if self.keep is not None:  # kept features go through fp32 below, and set no token's scale
             a.index_fill_(1, self.keep, 0.0)
         row = a.amax(1, keepdim=True)  # (tokens, 1)
-        hot = mask = None
+        hot: Optional[Tensor | slice] = None
+        mask = None
         if self.threshold is not None and row.max() > self.threshold:
             # LLM.int8's decomposition, decided per token rather than per batch: a token's values
             # above the threshold are multiplied in fp32, so this layer's result for a token
             # depends on that token alone.  (The model's still does on its batch: int8 rounding
             # amplifies float-level differences, so runs fix their batches: docs/precision.md.)
             hot = (row[:, 0] > self.threshold).nonzero().flatten()  # (hot tokens,)
+            if len(hot) == len(x2):  # every token: plain slices, no gathered copies
+                hot = slice(None)
             a_hot = a[hot]  # (hot tokens, in)
             mask = a_hot > self.threshold
             row[hot] = a_hot.masked_fill_(mask, 0.0).amax(1, keepdim=True)  # absmax of the rest
@@ -152,7 +155,7 @@ class Int8Linear(nn.Module):
         if hot is not None:
             cols = mask.any(0).nonzero().flatten()  # (n_outliers,)
             x_out = x2[hot][:, cols] * mask[:, cols]  # (hot tokens, n_outliers), the outlier values only
-            y.index_add_(0, hot, x_out @ self._weight_columns(cols).mul_(self.scale))
+            y[hot] += x_out @ self._weight_columns(cols).mul_(self.scale)
         if self.keep is not None:
             y.addmm_(x2[:, self.keep], self.w_keep.t())
         return y.unflatten(0, x.shape[:-1]).to(x.dtype)
@@ -205,7 +208,7 @@ def check_kernel(kernel: str) -> str:
     return kernel
 
 
-def _int8_product(x: Tensor, step: Tensor, keep: Optional[Tensor], hot: Optional[Tensor], mask: Optional[Tensor],
+def _int8_product(x: Tensor, step: Tensor, keep: Optional[Tensor], hot: Optional[Tensor | slice], mask: Optional[Tensor],
                   packed: object, kernel: str) -> Tensor:
     """``round(x / step) @ q_W^T * step`` through the packed int8 kernel: x (tokens, in)
     fp32, step (tokens, 1) with |x / step| <= 127 outside of what is left out: the ``keep``

@@ -115,6 +115,11 @@ def test_engines_give_the_same_layer_and_weight_columns(kernel, monkeypatch):
         for cols in (torch.tensor([7, 100, 3]), torch.arange(200).flip(0)):  # one-hot rows, and unpacked
             torch.testing.assert_close(layer._weight_columns(cols), q[:, cols].t().float(), rtol=0, atol=0)
     torch.testing.assert_close(ys[0], ys[1], rtol=0, atol=0)
+    # Every token with an outlier (the slice path) gives what the same tokens do beside a token without one.
+    layer = Int8Linear(w, 6.0, kernel=kernel)
+    x[:, 9] = 40.0
+    cold = torch.randn(1, 200).clamp(-3, 3)
+    torch.testing.assert_close(layer(x), layer(torch.cat([x, cold]))[:-1], rtol=0, atol=0)
 
 
 AVX2_ENV = {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}

@@ -73,9 +73,9 @@ def default_inputs_path(method: str, dataset: str) -> str:
     return f"samples/inputs_{method}_{dataset}.json"
 
 
-def seeds_dir(dataset: str, k: int) -> Path:
-    """``run_seeds.py``'s folder without ``--out_dir``."""
-    return Path(f"outputs/{dataset}/k{k}")
+def seeds_dir(dataset: str, k: int, demos: str = "random") -> Path:
+    """``run_seeds.py``'s folder without ``--out_dir`` (retrieved demonstrations: ``k<k>-<demos>``)."""
+    return Path(f"outputs/{dataset}/k{k}" + ("" if demos == "random" else f"-{demos}"))
 
 
 def seed_inputs_path(root: Path, seed: int, method: str) -> Path:

@@ -15,7 +15,7 @@ import pytest
 from classification.errors import ClassificationError
 from classification.report.markdown import build_report, load_runs
 from classification.metrics import mean_std
-from classification.run.seeds import SEED_METHODS, check_methods, run_seeds
+from classification.run.seeds import SEED_METHODS, check_methods, load_spec, run_seeds
 from classification_fakes import FakeLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,3 +332,30 @@ def test_report_rows_of_two_templates_stay_one_line_each(tmp_path):
     text = Path(build_report([str(first), str(second)], str(tmp_path / "report"))).read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ag_news | 1 | direct |")]
     assert len(rows) == 2 and any("| template Q: {text}\\nA \\| {label_word} |" in r for r in rows)
+
+
+def test_seeds_with_bm25_demonstrations(tmp_path, spec, monkeypatch):
+    """--demos bm25: each input (test record and anchor) gets its own retrieved demonstrations, in
+    the default folder k<k>-bm25; the demonstration of the input's own class shares its topic word."""
+    write_split(Path(spec).parent / "tr.csv", 12, "train")
+    monkeypatch.chdir(tmp_path)
+    summary = run_seeds(spec, methods=["direct", "lda"], seeds=[1], n_sample=12, lm=FakeLM(), n_anchor=4,
+                        demos="bm25", demo_pool=40)
+    root = tmp_path / "outputs" / "topics" / "k1-bm25" / "seed1"
+    assert summary["demos"] == "bm25" and summary["demo_pool"] == 40
+    train = {ex.index: ex for ex in load_spec(spec).train}
+    records = json.loads((root / "inputs_direct.json").read_text())
+    anchors = json.loads((root / "inputs_direct.anchors.json").read_text())
+    assert len(records) == 12 and len(anchors) == 16 and len({r["prompt"] for r in records}) > 1
+    anchor_indices = {a["index"] for a in anchors}  # never a demonstration
+    for rec in records + anchors:
+        demos = [train[i] for i in rec["demo_indices"]]
+        assert rec["meta"]["demos"] == "bm25" and sorted(d.label for d in demos) == [0, 1, 2, 3]
+        assert all(d.text in rec["prompt"] for d in demos) and not set(rec["demo_indices"]) & anchor_indices
+        topic = next((t for t in TOPICS if f" about {t}" in rec["text"]), None)
+        if topic is not None:
+            own = next(d for d in demos if WORDS[d.label] == rec["ground_truth"])
+            assert f" about {topic}" in own.text
+    assert (root / "outputs_lda.metrics.json").is_file()
+    with pytest.raises(ClassificationError, match="--demos 'knn' is not one of random, bm25 here"):
+        run_seeds(spec, seeds=[1], lm=FakeLM(), demos="knn")

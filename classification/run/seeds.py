@@ -33,7 +33,7 @@ from classification.errors import ClassificationError, check_int, writing
 from classification.fileio import write_json_atomic
 from classification.inputs.datasets import Dataset, load_dataset, random_demo_records
 from classification.inputs.presets import PRESETS
-from classification.inputs.retrieval import records_and_anchors
+from classification.inputs.retrieval import check_demos, records_and_anchors
 from classification.metrics import fmt_mean_std, mean_std
 from classification.provenance import MODEL_KEYS
 from classification.paths import (
@@ -49,6 +49,7 @@ ALL_METHODS = ("direct",) + tuple(CALIBRATIONS) + ("channel", "generate")
 # on anchors (they score the anchors too: add them to --methods).
 SEED_METHODS = tuple(m for m in ALL_METHODS if m not in ("batch_logmean",) + anchors.NAMES)
 DEFAULT_N_ANCHOR = 32
+SEED_DEMOS = ("random", "bm25")  # knn demonstrations need the embedder: run_preprocess.py
 SPEC_KEYS = ("preset", "data_dir", "train", "test", "hub", "text_column", "label_column", "label_words",
              "test_size", "split_seed", "name", "templates", "instruction")
 SUMMARY_METRICS = ("accuracy", "macro_f1", "ece")
@@ -166,11 +167,15 @@ def run_seeds(
     lm: Optional[Any] = None,
     runtime: Optional[Any] = None,
     n_anchor: int = DEFAULT_N_ANCHOR,
+    demos: str = "random",
+    demo_pool: Optional[int] = None,
     **model: Any,
 ) -> Dict[str, Any]:
     """Run ``methods`` for every seed, write per-seed files and ``summary.json``/``summary.md``.
 
     ``n_anchor``: anchors per class for the anchor calibrations (written only when one is in ``methods``).
+    ``demos``: random, or bm25 (each prompt's demonstrations retrieved for its input from a pool of
+    ``demo_pool`` training examples drawn with the seed; :mod:`classification.inputs.retrieval`).
 
     ``model``: ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, dtype, device, scoring, model_parallel_size, quantize
     (as for :func:`classification.run.runner.evaluate`); ``lm``/``runtime``: an already built model.
@@ -180,14 +185,19 @@ def run_seeds(
     seed_list = check_seeds(seeds)
     check_int("--k", k, 0)
     check_int("--n_sample", n_sample, 0)
+    if demos not in SEED_DEMOS:
+        raise ClassificationError(f"--demos {demos!r} is not one of {', '.join(SEED_DEMOS)} here; "
+                                  "knn demonstrations: preprocess each seed with run_preprocess.py --demos knn")
+    check_demos(demos, demo_pool, None, n_anchor)
     data = load_spec(dataset, data_dir)
-    root = Path(out_dir) if out_dir else seeds_dir(data.name, k)
+    root = Path(out_dir) if out_dir else seeds_dir(data.name, k, demos)
     needed = {"direct"} if any(m in chosen for m in ("direct", "generate") + tuple(CALIBRATIONS)) else set()
     needed |= {"channel"} if "channel" in chosen else set()
     anchored = any(m in anchors.NAMES for m in chosen)
     if anchored:
         check_int("--n_anchor", n_anchor, 1)
-    inputs = write_inputs(data, root, sorted(needed), seed_list, k, n_sample, sample_seed, n_anchor if anchored else 0)
+    inputs = write_inputs(data, root, sorted(needed), seed_list, k, n_sample, sample_seed, n_anchor if anchored else 0,
+                          demos, demo_pool)
     if lm is None:
         lm = load_lm(
             model.get("ckpt_dir", DEFAULT_CKPT_DIR), model.get("tokenizer_path", DEFAULT_TOKENIZER_PATH),
@@ -210,7 +220,7 @@ def run_seeds(
         return {}
     fingerprint = next((m.get("fingerprint") or {} for ms in runs.values() for m in ms), {})
     summary = {
-        "dataset": data.name, "k": k, "seeds": seed_list, "n_sample": n_sample, "sample_seed": sample_seed,
+        "dataset": data.name, "k": k, "demos": demos, "demo_pool": demo_pool, "seeds": seed_list, "n_sample": n_sample, "sample_seed": sample_seed,
         "made_from": {"sources_sha256": data.sources_sha256, **{key: fingerprint.get(key) for key in MODEL_KEYS}},
         "methods": summarize(runs),
     }
@@ -220,7 +230,7 @@ def run_seeds(
 
 def write_inputs(
     data: Dataset, root: Path, methods: Sequence[str], seed_list: Sequence[int], k: int, n_sample: int,
-    sample_seed: int, n_anchor: int = 0,
+    sample_seed: int, n_anchor: int = 0, demos: str = "random", demo_pool: Optional[int] = None,
 ) -> Dict[int, Dict[str, str]]:
     """{seed: {method: input file}}: every seed's inputs first, so a bad k or sample fails before any
     scoring; ``n_anchor``: the direct inputs' anchors per class too (``<inputs stem>.anchors.json``)."""
@@ -229,11 +239,13 @@ def write_inputs(
         inputs[seed] = {}
         for method in methods:
             path = seed_inputs_path(root, seed, method)
-            if method == "direct" and n_anchor:
+            if (method == "direct" and n_anchor) or demos != "random":
                 # The same test records as without anchors (random demonstrations are drawn first).
-                records, anchor_records = records_and_anchors(data, method, None, k, seed, n_sample > 0, n_sample,
-                                                              sample_seed, n_anchor=n_anchor)
-                write_json_atomic(anchors_path(str(path)), anchor_records, indent=2)
+                records, anchor_records = records_and_anchors(
+                    data, method, None, k, seed, n_sample > 0, n_sample, sample_seed, demos, demo_pool,
+                    n_anchor if method == "direct" else 0)
+                if anchor_records:
+                    write_json_atomic(anchors_path(str(path)), anchor_records, indent=2)
             else:
                 records = random_demo_records(data, method, k=k, seed=seed, sample=n_sample > 0, n_sample=n_sample,
                                               sample_seed=sample_seed)

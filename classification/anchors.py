@@ -54,10 +54,10 @@ from classification.errors import ClassificationError, check_int
 from classification.fileio import file_sha256
 from classification.paths import anchors_path
 from classification.provenance import check_same_model, check_same_prompt, check_written, read_metrics
-from classification.records import load_records
+from classification.records import load_direct_outputs, load_records
 from classification.states import load_hidden, saved_layers
 
-NAMES = ("hidden", "lda", "knn", "hidden_auto", "lda_auto")  # registered in classification.calibrations
+NAMES = ("hidden", "lda", "knn", "hidden_auto", "lda_auto", "logistic_auto")  # registered in classification.calibrations
 SHRINKAGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 DEFAULT_KNN_K = 3
 
@@ -315,6 +315,152 @@ class ChosenFeatures:
         return out
 
 
+# -- logistic_auto: logistic regression on the states, with the label words' log-probs -----------
+
+# L2 weights of logistic_auto on standardized features (sum of the anchors' cross-entropies plus
+# l2 / 2 times the squared weights) and weights of the label words' log-probs.
+LOGISTIC_L2 = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+LABEL_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+
+
+class LogisticRegression:
+    """Multinomial logistic regression with an L2 penalty on the weights (not the intercepts).
+
+    Solved in the basis of the rows' right singular vectors (the optimum lies in their span, so a
+    576- or 4096-dimensional state becomes one coordinate per anchor), by gradient steps on
+    Böhning's bound of the Hessian (1/2 X'X, diagonal there) with Nesterov momentum restarted
+    whenever the loss rises: no dim x dim matrix and no line search.
+    """
+
+    def __init__(self, l2: float, max_iter: int = 5000, tol: float = 1e-10) -> None:
+        if l2 <= 0:
+            raise ValueError(f"l2 must be positive, not {l2}")
+        self.l2, self.max_iter, self.tol = l2, max_iter, tol
+
+    def fit(self, x: np.ndarray, y: np.ndarray, n_classes: int) -> "LogisticRegression":
+        return self.fit_path(x, y, n_classes, (self.l2,))[0]
+
+    def fit_path(self, x: np.ndarray, y: np.ndarray, n_classes: int,
+                 l2s: Sequence[float]) -> List["LogisticRegression"]:
+        """One fitted model per L2 weight in ``l2s``, each solve started from the previous optimum
+        (give the weights strongest first)."""
+        x = x.astype(np.float64)
+        u, sv, vt = np.linalg.svd(x, full_matrices=False)  # (n, r), (r,), (r, dim)
+        f = u * sv  # (n, r): the rows in the singular basis
+        onehot = np.eye(n_classes)[y]  # (n, C)
+        coef, intercept = np.zeros((len(sv), n_classes)), np.zeros(n_classes)
+        models = []
+        for l2 in l2s:
+            coef, intercept = self._solve(f, sv, onehot, l2, coef, intercept)
+            model = LogisticRegression(l2, self.max_iter, self.tol)
+            model.coef, model.intercept = vt.T @ coef, intercept  # (dim, C), (C,)
+            models.append(model)
+        return models
+
+    @staticmethod
+    def _loss(f: np.ndarray, onehot: np.ndarray, l2: float, coef: np.ndarray, intercept: np.ndarray) -> float:
+        return float(-(onehot * _log_softmax(f @ coef + intercept)).sum() + 0.5 * l2 * (coef * coef).sum())
+
+    def _solve(self, f: np.ndarray, sv: np.ndarray, onehot: np.ndarray, l2: float, coef: np.ndarray,
+               intercept: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        step = 1.0 / (0.5 * sv**2 + l2)  # (r,): the bound's inverse curvature per coordinate
+        step_b = 1.0 / (0.5 * len(f))
+        loss = self._loss(f, onehot, l2, coef, intercept)
+        prev_c, prev_b, t = coef, intercept, 1.0
+        for _ in range(self.max_iter):
+            t_next = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+            mom = (t - 1.0) / t_next
+            yc, yb = coef + mom * (coef - prev_c), intercept + mom * (intercept - prev_b)
+            resid = np.exp(_log_softmax(f @ yc + yb)) - onehot  # (n, C)
+            grad_c, grad_b = f.T @ resid + l2 * yc, resid.sum(0)
+            new_c, new_b = yc - step[:, None] * grad_c, yb - step_b * grad_b
+            new_loss = self._loss(f, onehot, l2, new_c, new_b)
+            if new_loss > loss:  # momentum overshot: restart with a plain step from the last point
+                t_next = 1.0
+                resid = np.exp(_log_softmax(f @ coef + intercept)) - onehot
+                new_c = coef - step[:, None] * (f.T @ resid + l2 * coef)
+                new_b = intercept - step_b * resid.sum(0)
+                new_loss = self._loss(f, onehot, l2, new_c, new_b)
+            prev_c, prev_b, coef, intercept, t = coef, intercept, new_c, new_b, t_next
+            done = loss - new_loss <= self.tol * max(abs(new_loss), 1.0)
+            loss = new_loss
+            if done:
+                break
+        return coef, intercept
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float64) @ self.coef + self.intercept
+
+
+class ChosenLogistic:
+    """logistic_auto: logistic regression on one saved layer (standardized), plus ``w`` times the
+    label words' log-probs centred by the training anchors' mean (a calibration of the direct
+    scores by the anchors); layer, L2 weight and ``w`` chosen by cross-validation on the anchors.
+
+    The choice maximizes the held-out anchors' summed log-probability of their class (with 16-32
+    held-out anchors per fold, accuracy moves in steps and ties often; the log-likelihood does
+    not), then the stronger L2, the smaller ``w``, the later layer.  ``w`` = 0 is the states alone.
+    """
+
+    def __init__(self, folds: int = DEFAULT_FOLDS, l2s: Sequence[float] = LOGISTIC_L2,
+                 label_weights: Sequence[float] = LABEL_WEIGHTS) -> None:
+        self.folds, self.l2s, self.label_weights = folds, tuple(sorted(l2s, reverse=True)), tuple(label_weights)
+
+    @staticmethod
+    def _centred(label_lp: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        return _log_softmax(label_lp - mean)
+
+    def cv_scores(self, states: np.ndarray, label_lp: np.ndarray, y: np.ndarray,
+                  n_classes: int) -> Dict[Tuple[int, float, float], Tuple[float, int]]:
+        """{(saved layer, L2, w): (held-out log-likelihood, held-out anchors right)} over the folds."""
+        fold = rank_folds(y, n_classes, self.folds)
+        out: Dict[Tuple[int, float, float], Tuple[float, int]] = {}
+        for layer in range(states.shape[1]):
+            for f in range(self.folds):
+                train, held = fold != f, fold == f
+                scaler = Scaler("standard").fit(states[train, layer].astype(np.float64))
+                xt, xh = scaler.transform(states[train, layer]), scaler.transform(states[held, layer])
+                words = self._centred(label_lp[held], label_lp[train].mean(0))
+                models = LogisticRegression(self.l2s[0]).fit_path(xt, y[train], n_classes, self.l2s)
+                for model in models:
+                    from_states = _log_softmax(model.scores(xh))
+                    for w in self.label_weights:
+                        lp = _log_softmax(from_states + w * words)
+                        key = (layer, model.l2, w)
+                        ll, right = out.get(key, (0.0, 0))
+                        out[key] = (ll + float(lp[np.arange(len(lp)), y[held]].sum()),
+                                    right + int((lp.argmax(1) == y[held]).sum()))
+        return out
+
+    def fit(self, states: np.ndarray, label_lp: np.ndarray, y: np.ndarray, n_classes: int) -> "ChosenLogistic":
+        """Choose on the anchors' states (m, layers, dim), label-word log-probs (m, C) and labels; fit on all."""
+        if states.ndim != 3:
+            raise ValueError(f"states must be (anchors, layers, dim), not {states.shape}")
+        if np.bincount(y, minlength=n_classes).min() >= 2 * self.folds:
+            cv = self.cv_scores(states, label_lp, y, n_classes)
+            self.layer, self.l2, self.weight = max(cv, key=lambda k: (cv[k][0], k[1], -k[2], k[0]))
+            self.cv_accuracy: Optional[float] = cv[(self.layer, self.l2, self.weight)][1] / len(y)
+            self.cv_log_likelihood: Optional[float] = cv[(self.layer, self.l2, self.weight)][0] / len(y)
+        else:  # too few anchors to cross-validate: the last layer, the strongest L2, the states alone
+            self.layer, self.l2, self.weight = states.shape[1] - 1, self.l2s[0], 0.0
+            self.cv_accuracy = self.cv_log_likelihood = None
+        x = states[:, self.layer].astype(np.float64)
+        self.scaler = Scaler("standard").fit(x)
+        self.model = LogisticRegression(self.l2).fit(self.scaler.transform(x), y, n_classes)
+        self.label_mean = label_lp.mean(0)
+        return self
+
+    def scores(self, states: np.ndarray, label_lp: np.ndarray) -> np.ndarray:
+        """(n, classes) log-probs of the test states (n, layers, dim) with their label-word log-probs (n, C)."""
+        from_states = _log_softmax(self.model.scores(self.scaler.transform(states[:, self.layer])))
+        return _log_softmax(from_states + self.weight * self._centred(label_lp, self.label_mean))
+
+    def summary(self, layer_numbers: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+        names: List[Any] = list(layer_numbers) if layer_numbers is not None else ["final"]
+        return {"layers": [names[self.layer]], "scaling": "standard", "l2": self.l2, "label_weight": self.weight,
+                "cv_accuracy": self.cv_accuracy, "cv_log_likelihood": self.cv_log_likelihood, "folds": self.folds}
+
+
 class AnchorCalibration:
     """The work of ``--calibration hidden|lda|knn|hidden_auto|lda_auto`` (:mod:`classification.calibrations`):
     check, prepare, apply."""
@@ -387,9 +533,10 @@ class AnchorCalibration:
             out["knn_k"] = self.knn_k
         return out
 
-    def prepare(self, lm: Any) -> None:
+    def prepare(self, lm: Any, direct_log_probs: Optional[Sequence[Sequence[float]]] = None) -> None:
         """Fit on the anchors' hidden states (saved by the direct run of ``anchor_inputs`` into
-        ``anchor_outputs``, which has to be run first); knn also takes ``lm``'s output head."""
+        ``anchor_outputs``, which has to be run first); knn also takes ``lm``'s output head,
+        logistic_auto the test records' label log-probs ``direct_log_probs`` and the anchors' own."""
         rescore = f"delete {self.anchor_outputs} to score the anchors again"
         metrics = read_metrics(self.anchor_outputs)
         if metrics is None:
@@ -408,8 +555,8 @@ class AnchorCalibration:
                 f"{self.test_hidden.shape[1]}-dimensional ones: they come from different models; delete {anchor_hidden} "
                 "to score the anchors again with this model"
             )
-        if self.name in AUTO_KINDS:
-            self._prepare_auto(all_states, anchor_hidden, metrics)
+        if self.name in AUTO_KINDS or self.name == "logistic_auto":
+            self._prepare_auto(all_states, anchor_hidden, metrics, direct_log_probs)
         elif self.name in ("hidden", "lda"):
             model = NearestCentroid() if self.name == "hidden" else ShrinkageLDA()
             self.fitted = model.fit(states, self.labels, self.n_classes)
@@ -421,8 +568,10 @@ class AnchorCalibration:
                      for i in range(0, len(self.test_hidden), 256)]
             self.log_probs = _log_softmax(np.concatenate(parts))
 
-    def _prepare_auto(self, anchor_states: np.ndarray, anchor_hidden: str, metrics: Dict[str, Any]) -> None:
-        """hidden_auto, lda_auto: layers, scaling (and shrinkage) chosen on the anchors' saved layers."""
+    def _prepare_auto(self, anchor_states: np.ndarray, anchor_hidden: str, metrics: Dict[str, Any],
+                      direct_log_probs: Optional[Sequence[Sequence[float]]]) -> None:
+        """hidden_auto, lda_auto, logistic_auto: layers, scaling (and shrinkage, L2, label weight)
+        chosen on the anchors' saved layers."""
         anchor_layers = saved_layers(self.anchor_outputs, metrics, anchor_states)
         if anchor_layers != self.test_layers:
             raise ClassificationError(
@@ -431,6 +580,14 @@ class AnchorCalibration:
                 f"direct run with --save_hidden, or delete {anchor_hidden} to score the anchors again"
             )
         as_layers = (lambda x: x if x.ndim == 3 else x[:, None, :])  # (n, dim): the final state alone
+        if self.name == "logistic_auto":
+            if direct_log_probs is None:
+                raise ValueError("logistic_auto needs the test records' direct log-probs")
+            outputs = load_direct_outputs(self.anchor_outputs, self.anchor_records)
+            anchor_lp = np.array([out["log_probs"] for out in outputs], dtype=np.float64)[self.keep]  # (m, C)
+            self.fitted = ChosenLogistic().fit(as_layers(anchor_states), anchor_lp, self.labels, self.n_classes)
+            self.log_probs = self.fitted.scores(as_layers(self.test_states), np.asarray(direct_log_probs, np.float64))
+            return
         self.fitted = ChosenFeatures(AUTO_KINDS[self.name]).fit(as_layers(anchor_states), self.labels, self.n_classes)
         self.log_probs = _log_softmax(self.fitted.scores(as_layers(self.test_states)))
 
@@ -443,7 +600,7 @@ class AnchorCalibration:
                "hidden_path": self.test_hidden_path}
         if self.name == "lda":
             out["lda_shrinkage"] = self.fitted.shrinkage
-        if self.name in AUTO_KINDS:
+        if self.name in AUTO_KINDS or self.name == "logistic_auto":
             out["features"] = self.fitted.summary(self.test_layers)
         if self.name == "knn":
             out["knn_k"] = self.knn_k

@@ -260,7 +260,7 @@ class _Anchored(Calibration):
         return (RunRequest("direct", self.anchored.anchor_inputs, self.anchored.anchor_outputs, save_hidden=True),)
 
     def prepare(self, lm, records, direct_log_probs) -> None:
-        self.anchored.prepare(lm)
+        self.anchored.prepare(lm, direct_log_probs)
 
     def apply(self, pos, record, direct_log_probs) -> Dict[str, Any]:
         return {"log_probs": self.anchored.apply(pos)}
@@ -296,6 +296,14 @@ class LDAAuto(_Anchored):
     on the anchors chooses."""
 
     name = "lda_auto"
+
+
+@register
+class LogisticAuto(_Anchored):
+    """Logistic regression on the saved layer that cross-validation on the anchors chooses, with the
+    label words' log-probs centred by the anchors' mean at a weight chosen there too."""
+
+    name = "logistic_auto"
 
 
 @register

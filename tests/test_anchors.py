@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from classification.inputs import retrieval
-from classification.anchors import AUTO_SHRINKAGES, SHRINKAGES, Candidate, ChosenFeatures, KnnVote, NearestCentroid, ShrinkageLDA
+from classification.anchors import (AUTO_SHRINKAGES, LABEL_WEIGHTS, LOGISTIC_L2, SHRINKAGES, Candidate, ChosenFeatures,
+                                   ChosenLogistic, KnnVote, LogisticRegression, NearestCentroid, ShrinkageLDA)
 from classification.inputs.datasets import Dataset, get_preset
 from classification.errors import ClassificationError
 from classification.run.runner import evaluate
@@ -365,7 +366,7 @@ class LayeredFakeLM(FakeLM):
         return np.stack([noise, middle, final], axis=1)
 
 
-@pytest.mark.parametrize("calibration", ["hidden_auto", "lda_auto"])
+@pytest.mark.parametrize("calibration", ["hidden_auto", "lda_auto", "logistic_auto"])
 def test_auto_features_use_the_anchors_only(tmp_path, calibration):
     """The choice and the predictions never see a test label: shuffling them changes neither."""
     runs = {}
@@ -414,3 +415,73 @@ def test_auto_features_refuse_anchors_of_other_layers(tmp_path):
              lm=LayeredFakeLM())  # the anchors scored with layers: lda reads their final layer
     message = calibrate_error(tmp_path, inputs, direct, "lda_auto")
     assert "out.anchors.hidden.npy holds the states of layers [7, 8, 9]" in message and "of layers final" in message
+
+
+# -- logistic_auto ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("l2", [1.0, 30.0])
+def test_logistic_regression_is_the_penalized_optimum(l2):
+    """The fit is where the penalized cross-entropy's gradient vanishes, and torch's L-BFGS on the same
+    objective finds the same probabilities."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    y = np.arange(40) % 3
+    x = rng.normal(size=(40, 12)) + np.eye(12)[y] * 1.5  # more features than anchors per class
+    model = LogisticRegression(l2).fit(x, y, 3)
+    p = np.exp(model.scores(x) - model.scores(x).max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    resid = p - np.eye(3)[y]
+    assert np.abs(x.T @ resid + l2 * model.coef).max() < 1e-4 and np.abs(resid.sum(0)).max() < 1e-4
+    w = torch.zeros(12, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=2000, tolerance_grad=1e-10, tolerance_change=1e-14,
+                            line_search_fn="strong_wolfe")
+    xt, yt = torch.tensor(x), torch.tensor(y)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt, reduction="sum") + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    ref = torch.softmax(xt @ w + b, 1).detach().numpy()
+    np.testing.assert_allclose(p, ref, atol=1e-5)
+
+
+def test_chosen_logistic_against_loops():
+    """Layer, L2 and label weight: the held-out log-likelihood of loops over the same folds; the noise
+    layer is never chosen; label log-probs that carry the class get weight, noise gets none."""
+    rng = np.random.default_rng(6)
+    y = np.arange(36) % 3
+    states = layered_states(rng, y)
+    states[:, 2, 0] = rng.normal(size=36)  # layer 2 is noise too: only layer 1 carries the class
+    for label_lp, informative in ((rng.normal(size=(36, 3)), False), (np.eye(3)[y] * 2.0 - 1.0, True)):
+        chosen = ChosenLogistic().fit(states, label_lp, y, 3)
+        loglik, right = {}, {}
+        for layer in range(3):
+            for l2 in LOGISTIC_L2:
+                for w in LABEL_WEIGHTS:
+                    ll, n = 0.0, 0
+                    for f in range(4):
+                        held = np.array([sum(1 for j in range(i) if y[j] == y[i]) % 4 == f for i in range(36)])
+                        x = states[:, layer]
+                        mean, std = x[~held].mean(0), x[~held].std(0)
+                        model = LogisticRegression(l2).fit((x[~held] - mean) / std, y[~held], 3)
+                        for t, lab, yy in zip((x[held] - mean) / std, label_lp[held], y[held]):
+                            s = model.scores(t[None])[0]
+                            s = s - np.log(np.exp(s - s.max()).sum()) - s.max()
+                            c = lab - label_lp[~held].mean(0)
+                            c = c - np.log(np.exp(c - c.max()).sum()) - c.max()
+                            z = s + w * c
+                            z = z - np.log(np.exp(z - z.max()).sum()) - z.max()
+                            ll += z[yy]
+                            n += int(np.argmax(z) == yy)
+                    loglik[(layer, l2, w)], right[(layer, l2, w)] = ll, n
+        best = max(loglik, key=lambda k: (round(loglik[k], 6), k[1], -k[2], k[0]))
+        assert (chosen.layer, chosen.l2, chosen.weight) == best
+        assert chosen.cv_accuracy == right[best] / 36 and chosen.layer == 1
+        assert (chosen.weight > 0) == informative
+        summary = chosen.summary([20, 25, 30])
+        assert summary["layers"] == [25] and summary["label_weight"] == chosen.weight and summary["l2"] == chosen.l2

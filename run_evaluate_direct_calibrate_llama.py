@@ -23,7 +23,7 @@ def main(
             are reused); this run's output JSON, one record per input, metrics in <stem>.metrics.json.
         calibration: na (log p/p_cf, p_cf of "N/A": the original's), cbu (p_cf averaged over "N/A", "", "[MASK]"),
             dcpmi (- log p(y|domain premise)), batch (- log of the batch's mean p; no model) or batch_logmean,
-            hidden (anchor centroids), lda, knn, hidden_auto, lda_auto (layers chosen): need --save_hidden, --n_anchor.
+            hidden (anchor centroids), lda, knn, hidden_auto, lda_auto, logistic_auto: need --save_hidden, --n_anchor.
         ckpt_dir, tokenizer_path, max_seq_len, dtype, quantize: the direct run's (checked against its metrics), and
             max_batch_size, device, verify_checkpoint, model_parallel_size as for run_evaluate_direct_llama.py.
         accept_mismatch: use a direct run made with another model or precision than these flags (refused by default).

@@ -17,7 +17,7 @@ def main(dataset: str = "ag_news", data_dir: str | None = None, methods: list[st
     Args:
         dataset: a preset (ag_news, sst2, sst5, trec, mr, cr, subj, dbpedia) or a dataset spec .json (see README).
         data_dir: folder of the preset's offline files, e.g. ../shared/data/sst2 (default: the hub).
-        methods: some of direct, na, cbu, dcpmi, batch, batch_logmean, hidden, lda, knn, hidden_auto, lda_auto, channel, generate.
+        methods: some of direct, na, cbu, dcpmi, batch, batch_logmean, hidden, lda, knn, hidden_auto, lda_auto, logistic_auto, channel, generate.
         k: demonstrations per class.
         seeds: demonstration seeds, e.g. --seeds='[1,2,3]'.
         n_sample: stratified test sample (seed 0, the same for every seed); 0 for the whole test split.

@@ -92,15 +92,26 @@ def test_data_parallel_torchrun_matches_single_process(root, default_model_dir, 
     assert delta <= 1e-4
 
 
+SLOW_CLOCK = """
+import runpy, sys, time
+clock = time.monotonic
+time.monotonic = lambda: clock() * 1000  # every chunk looks 1,000 times slower: chunks stay small
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_resume_after_kill(root, default_model_dir, shared_data, tmp_path):
-    """Kill a run once its first chunk is saved; the rerun finishes with the uninterrupted result."""
+    """Kill a run once its first chunk is saved; the rerun finishes with the uninterrupted result.
+    The killed run's clock is slowed (SLOW_CLOCK), so its chunks are the smallest and a few dozen
+    examples leave time to kill it."""
     data = tmp_path / "in.json"
     run(root, "run_preprocess_direct_ag_news.py", "--data_dir", str(shared_data / "ag_news"),
-        "--n_sample", "132", "--data_path", str(data))
+        "--n_sample", "36", "--data_path", str(data))
     args = [sys.executable, "run_evaluate_direct_llama.py", "--data_path", str(data), *model_flags(default_model_dir)]
     out = tmp_path / "killed.json"
-    proc = subprocess.Popen(args + ["--output_path", str(out)], cwd=root, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLOCK, *args[1:], "--output_path", str(out)], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     partial = Path(str(out) + ".partial.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -121,13 +132,6 @@ def test_resume_after_kill(root, default_model_dir, shared_data, tmp_path):
     assert not partial.exists()
 
 
-SLOW_CLOCK = """
-import runpy, sys, time
-clock = time.monotonic
-time.monotonic = lambda: clock() * 1000  # every chunk looks 1,000 times slower: chunks stay small
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
 def test_int8_results_do_not_depend_on_the_machine_speed(root, default_model_dir, shared_data, tmp_path):
@@ -135,7 +139,7 @@ def test_int8_results_do_not_depend_on_the_machine_speed(root, default_model_dir
     sped up, so every chunk is the smallest) gives the same log-probs as a normal one."""
     data = tmp_path / "in.json"
     run(root, "run_preprocess_direct_ag_news.py", "--data_dir", str(shared_data / "ag_news"),
-        "--n_sample", "40", "--data_path", str(data))
+        "--n_sample", "16", "--data_path", str(data))
     args = ["run_evaluate_direct_llama.py", "--data_path", str(data), *model_flags(default_model_dir),
             "--quantize", "int8", "--max_batch_size", "4"]
     run(root, *args, "--output_path", str(tmp_path / "fast.json"))

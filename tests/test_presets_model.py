@@ -22,7 +22,8 @@ def real_lm(default_model_dir):
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
-@pytest.mark.parametrize("preset", list(PRESETS))
+# dbpedia's 14 label words make its run the longest; it runs with the slow tests.
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p == "dbpedia" else p for p in PRESETS])
 def test_preset_end_to_end_with_the_default_model(tmp_path, real_lm, preset):
     out = tmp_path / preset
     summary = run_seeds(preset, data_dir=str(SHARED / preset), seeds=[7], n_sample=2, out_dir=str(out), lm=real_lm)

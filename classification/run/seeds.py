@@ -12,7 +12,7 @@ due to the choice and order of the demonstrations.  Layout under ``out_dir``
     summary.json, summary.md                         (each seed, mean and sample std (n - 1) over seeds)
 
 The calibrations (na, cbu, dcpmi, batch) re-score each seed's direct outputs post hoc.  With an
-anchor calibration in ``methods`` (hidden, lda, knn, hidden_auto, lda_auto) each seed's inputs
+anchor calibration in ``methods`` (:data:`classification.anchors.NAMES`) each seed's inputs
 also get ``n_anchor`` labeled anchors per class (drawn with that seed, never demonstrations;
 the test records are the same), the direct run saves its hidden states, and the first anchor
 calibration of a seed scores the anchors once.  A run

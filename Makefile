@@ -1,5 +1,5 @@
 # make demo : set everything up (once) and run the main job on an ag_news sample
-# make test : run the test suite (make test-all: with the slow golden runs and k=4 checks too)
+# make test : run the test suite (make test-all: with the slow runs too: golden outputs, k=4, channel end to end)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv

@@ -50,7 +50,9 @@ def evaluate(root, model_dir, inputs, method, out, *extra, torchrun=0):
     return stdout, json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("method", ["direct", "channel", "generate"])
+# channel's naive run scores every text in full at batch size 1 (minutes); test_scoring's
+# fast = naive covers channel requests in-process, and this one runs with the slow tests.
+@pytest.mark.parametrize("method", ["direct", pytest.param("channel", marks=pytest.mark.slow), "generate"])
 def test_fast_equals_naive_and_batch_size(root, default_model_dir, inputs, tmp_path, method):
     stdout, fast = evaluate(root, default_model_dir, inputs, method, tmp_path / "fast.json")
     assert "Accuracy: " in stdout
@@ -83,7 +85,7 @@ def test_calibrate_after_direct(root, default_model_dir, inputs, tmp_path):
         assert abs(sum(pow(2.718281828459045, x) for x in rec["log_probs"]) - 1) < 1e-6
 
 
-@pytest.mark.parametrize("method", ["direct", "channel"])
+@pytest.mark.parametrize("method", ["direct", pytest.param("channel", marks=pytest.mark.slow)])
 def test_data_parallel_torchrun_matches_single_process(root, default_model_dir, inputs, tmp_path, method):
     _, one = evaluate(root, default_model_dir, inputs, method, tmp_path / "one.json")
     _, two = evaluate(root, default_model_dir, inputs, method, tmp_path / "two.json", torchrun=2)

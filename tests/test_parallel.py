@@ -116,7 +116,7 @@ def run_script(root: Path, method: str, data: Path, ckpt: Path, tokenizer: Path,
     return [r["log_probs"] for r in json.loads(out.read_text())]
 
 
-@pytest.mark.parametrize("method,port", [("direct", 29534), ("channel", 29535)])
+@pytest.mark.parametrize("method,port", [("direct", 29534), pytest.param("channel", 29535, marks=pytest.mark.slow)])
 def test_script_runs_hf_checkpoint_model_parallel(tmp_path, root, default_model_dir, method, port):
     """torchrun --nproc_per_node 2 run_evaluate_<method>_llama.py --model_parallel_size 2 on an
     HF directory, unconverted, gives the single-process log-probs of both the fast path and the

@@ -501,6 +501,13 @@ class AnchorCalibration:
         self.anchor_outputs = anchors_path(direct_output_path)
         self.anchor_records = load_records(self.anchor_inputs, "direct")
         check_same_prompt(self.anchor_records, records, self.anchor_inputs, direct_input_path)
+        demos = (records[0].get("meta") or {}).get("demos", "random")
+        if demos != "random":
+            # Measured (docs/results.md, "Anchors and retrieved demonstrations"): not an error, a worse choice.
+            print(f"Note: with --demos {demos} every test input and every anchor has its own prompt, so "
+                  f"--calibration {self.name} compares hidden states of different prompts; on sst2 and trec this "
+                  "classified worse than one random set of demonstrations for all: prefer --demos random with the "
+                  "anchor calibrations")
         words = self.anchor_records[0]["label_words"]
         labels = np.array([words.index(r["ground_truth"]) for r in self.anchor_records])
         counts = np.bincount(labels, minlength=len(words))

@@ -334,7 +334,7 @@ def test_report_rows_of_two_templates_stay_one_line_each(tmp_path):
     assert len(rows) == 2 and any("| template Q: {text}\\nA \\| {label_word} |" in r for r in rows)
 
 
-def test_seeds_with_bm25_demonstrations(tmp_path, spec, monkeypatch):
+def test_seeds_with_bm25_demonstrations(tmp_path, spec, monkeypatch, capsys):
     """--demos bm25: each input (test record and anchor) gets its own retrieved demonstrations, in
     the default folder k<k>-bm25; the demonstration of the input's own class shares its topic word."""
     write_split(Path(spec).parent / "tr.csv", 12, "train")
@@ -357,5 +357,6 @@ def test_seeds_with_bm25_demonstrations(tmp_path, spec, monkeypatch):
             own = next(d for d in demos if WORDS[d.label] == rec["ground_truth"])
             assert f" about {topic}" in own.text
     assert (root / "outputs_lda.metrics.json").is_file()
+    assert "Note: with --demos bm25 every test input and every anchor has its own prompt" in capsys.readouterr().out
     with pytest.raises(ClassificationError, match="--demos 'knn' is not one of random, bm25 here"):
         run_seeds(spec, seeds=[1], lm=FakeLM(), demos="knn")

@@ -220,7 +220,8 @@ def run_seeds(
         return {}
     fingerprint = next((m.get("fingerprint") or {} for ms in runs.values() for m in ms), {})
     summary = {
-        "dataset": data.name, "k": k, "demos": demos, "demo_pool": demo_pool, "seeds": seed_list, "n_sample": n_sample, "sample_seed": sample_seed,
+        "dataset": data.name, "k": k, "demos": demos, "demo_pool": demo_pool, "seeds": seed_list,
+        "n_sample": n_sample, "sample_seed": sample_seed,
         "made_from": {"sources_sha256": data.sources_sha256, **{key: fingerprint.get(key) for key in MODEL_KEYS}},
         "methods": summarize(runs),
     }

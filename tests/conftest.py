@@ -33,6 +33,24 @@ def default_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def hf_default_model(default_gguf):
+    """transformers' own reading of the default GGUF (fp32, eval): the independent reference of the
+    model tests, loaded once per session (each load dequantizes the whole file)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        default_gguf.parent, gguf_file=default_gguf.name, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_default_tokenizer(default_gguf):
+    """transformers' tokenizer read from the default GGUF, loaded once per session."""
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name)
+
+
+@pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory, default_gguf) -> Path:
     """The default model converted to Meta layout + tokenizer.json (reuses checkpoints/ if set up)."""
     from llama.convert import install_default

@@ -50,9 +50,9 @@ def evaluate(root, model_dir, inputs, method, out, *extra, torchrun=0):
     return stdout, json.loads(out.read_text())
 
 
-# channel's naive run scores every text in full at batch size 1 (minutes); test_scoring's
-# fast = naive covers channel requests in-process, and this one runs with the slow tests.
-@pytest.mark.parametrize("method", ["direct", pytest.param("channel", marks=pytest.mark.slow), "generate"])
+# channel's naive run scores every text in full at batch size 1 (minutes): with the slow tests, as
+# generate's; test_scoring checks fast = naive for channel requests and cached generation in-process.
+@pytest.mark.parametrize("method", ["direct", *(pytest.param(m, marks=pytest.mark.slow) for m in ("channel", "generate"))])
 def test_fast_equals_naive_and_batch_size(root, default_model_dir, inputs, tmp_path, method):
     stdout, fast = evaluate(root, default_model_dir, inputs, method, tmp_path / "fast.json")
     assert "Accuracy: " in stdout

@@ -19,11 +19,9 @@ def smollm(default_model_dir):
     return load_model(str(default_model_dir / "135M"), vocab_size=tok.n_words, max_seq_len=256), tok
 
 
-def test_greedy_matches_hf_and_batching(smollm, default_gguf):
-    transformers = pytest.importorskip("transformers")
+def test_greedy_matches_hf_and_batching(smollm, hf_default_model):
     model, tok = smollm
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        default_gguf.parent, gguf_file=default_gguf.name, dtype=torch.float32).eval()
+    hf = hf_default_model
     ids = [tok.encode(p, bos=tok.add_bos, eos=False) for p in PROMPTS]
     batched = generate_tokens(model, tok, ids, max_gen_len=12)
     for prompt_ids, got in zip(ids, batched):

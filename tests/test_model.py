@@ -54,10 +54,9 @@ def test_tiny_configs_match_hf(tmp_path, name):
     assert (got - expected).abs().max().item() <= 1e-4
 
 
-def test_default_model_matches_hf(default_gguf):
+def test_default_model_matches_hf(default_gguf, hf_default_model):
     """The embedded SmolLM2-135M, read by us and by transformers from the same GGUF."""
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        default_gguf.parent, gguf_file=default_gguf.name, dtype=torch.float32).eval()
+    hf = hf_default_model
     ours = load_model(str(default_gguf))
     assert ours.params.n_layers == 30 and ours.params.dim == 576 and ours.params.kv_heads == 3
     ids = tokens(48, ours.params.vocab_size)

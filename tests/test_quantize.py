@@ -391,6 +391,7 @@ def test_kernel_paths_agree_on_the_default_model(ag_news_lms):
     assert np.abs(a - b).max() <= 1e-6  # the same int32 sums, rounded alike: identical here
 
 
+@pytest.mark.slow  # two channel passes over whole texts; the int8w layers are tested above in seconds
 def test_default_model_int8w_keeps_channel(default_model_dir, shared_data):
     """Weight-only int8 keeps channel's sums over whole texts close to fp32, where int8
     activations do not (README: channel 0.50 -> 0.30 accuracy under int8 on 400 examples)."""

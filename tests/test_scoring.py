@@ -34,13 +34,11 @@ def channel_requests():
     return [(DEMO + f"Category: {label}\nArticle:", " " + t) for t in TEXTS for label in LABELS]
 
 
-def test_matches_hf_transformers_on_strings(smollm, default_gguf):
+def test_matches_hf_transformers_on_strings(smollm, hf_default_model, hf_default_tokenizer):
     """Independent computation: HF model + HF tokenizer read from the GGUF, summed log-softmax."""
-    transformers = pytest.importorskip("transformers")
     model, tok = smollm
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        default_gguf.parent, gguf_file=default_gguf.name, dtype=torch.float32).eval()
-    hf_tok = transformers.AutoTokenizer.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name)
+    hf = hf_default_model
+    hf_tok = hf_default_tokenizer
     lm = LlamaLM(model, tok, append_eos=True, scoring="fast")
     requests = direct_requests()[:10]
     ours = lm.loglikelihood(requests)
@@ -312,18 +310,16 @@ def test_output_head_in_blocks_changes_nothing(monkeypatch):
     assert max(abs(a - b) for a, b in zip(whole, blocked)) <= 1e-5
 
 
-def test_saved_layer_states_match_hf_transformers(smollm, default_gguf, tmp_path):
+def test_saved_layer_states_match_hf_transformers(smollm, hf_default_model, tmp_path):
     """The states --save_hidden keeps from the scoring pass (float16, layers 20..30 of 30) against HF's
     output_hidden_states on the same token ids, at each context's last token."""
-    transformers = pytest.importorskip("transformers")
     import numpy as np
 
     from classification import methods, states
     from classification.backend.hidden import context_states
 
     model, tok = smollm
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        default_gguf.parent, gguf_file=default_gguf.name, dtype=torch.float32).eval()
+    hf = hf_default_model
     lm = LlamaLM(model, tok, append_eos=True, scoring="fast")
     assert lm.hidden_layers == (20, 22, 24, 26, 28, 30)
     lm.keep_hidden = True

@@ -128,9 +128,9 @@ def smol(gguf_path: Path, tmp_path_factory) -> HFTokenizer:
 
 
 @pytest.fixture(scope="module")
-def hf_ref(gguf_path: Path):
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+def hf_ref(gguf_path: Path, default_gguf: Path, hf_default_tokenizer):
+    assert gguf_path == default_gguf  # the session's HF tokenizer is of this very file
+    return hf_default_tokenizer
 
 
 def test_gguf_special_tokens(smol: HFTokenizer, reader, hf_ref) -> None:

@@ -173,6 +173,7 @@ class KnnVote:
 
 KINDS = ("centroid", "lda")
 AUTO_KINDS = {"hidden_auto": "centroid", "lda_auto": "lda"}  # calibration name -> ChosenFeatures kind
+CHOOSING = ("hidden_auto", "lda_auto", "logistic_auto")  # the calibrations that choose their layer on the anchors
 SCALINGS = ("standard", "none")
 DEFAULT_FOLDS = 4
 # lda_auto's shrinkages: SHRINKAGES and stronger ones (standardized states often want more; λ -> ∞
@@ -562,7 +563,7 @@ class AnchorCalibration:
                 f"{self.test_hidden.shape[1]}-dimensional ones: they come from different models; delete {anchor_hidden} "
                 "to score the anchors again with this model"
             )
-        if self.name in AUTO_KINDS or self.name == "logistic_auto":
+        if self.name in CHOOSING:
             self._prepare_auto(all_states, anchor_hidden, metrics, direct_log_probs)
         elif self.name in ("hidden", "lda"):
             model = NearestCentroid() if self.name == "hidden" else ShrinkageLDA()
@@ -607,7 +608,7 @@ class AnchorCalibration:
                "hidden_path": self.test_hidden_path}
         if self.name == "lda":
             out["lda_shrinkage"] = self.fitted.shrinkage
-        if self.name in AUTO_KINDS or self.name == "logistic_auto":
+        if self.name in CHOOSING:
             out["features"] = self.fitted.summary(self.test_layers)
         if self.name == "knn":
             out["knn_k"] = self.knn_k

@@ -241,7 +241,8 @@ def write_inputs(
         for method in methods:
             path = seed_inputs_path(root, seed, method)
             if (method == "direct" and n_anchor) or demos != "random":
-                # The same test records as without anchors (random demonstrations are drawn first).
+                # The same test records as without anchors (random demonstrations are drawn first);
+                # retrieved demonstrations are chosen per record (and per anchor) here.
                 records, anchor_records = records_and_anchors(
                     data, method, None, k, seed, n_sample > 0, n_sample, sample_seed, demos, demo_pool,
                     n_anchor if method == "direct" else 0)
